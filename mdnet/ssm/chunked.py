@@ -16,7 +16,8 @@ faster when installed.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+
+from mdnet.ssm.common import finish_output, prepare_inputs
 
 CHUNK_ELEMENTS = 1_500_000  # decay buffer per chunk: about 6 MB in float32, near this CPU's cache
 
@@ -128,12 +129,7 @@ def selective_scan_chunked(
     not depend on it).
     """
     dtype_in = u.dtype
-    compute = torch.float64 if u.dtype == torch.float64 else torch.float32
-    u, delta, A, B, C = (t.to(compute) for t in (u, delta, A, B, C))
-    if delta_bias is not None:
-        delta = delta + delta_bias.to(compute)[..., None]
-    if delta_softplus:
-        delta = F.softplus(delta)
+    u, delta, A, B, C = prepare_inputs(u, delta, A, B, C, delta_bias, delta_softplus)
     batch, dim, length = u.shape
     if B.dim() == 3:
         B, C = B.unsqueeze(1), C.unsqueeze(1)
@@ -153,9 +149,5 @@ def selective_scan_chunked(
         int(chunk),
     )
     y = y_t.reshape(length, batch, dim).permute(1, 2, 0)
-    if D is not None:
-        y = y + u * D.to(compute)[..., None]
-    if z is not None:
-        y = y * F.silu(z.to(compute))
-    y = y.to(dtype_in)
+    y = finish_output(y, u, D, z, dtype_in)
     return (y, last.reshape(batch, dim, nstate)) if return_last_state else y

@@ -8,7 +8,8 @@ other path in :mod:`mdnet.ssm` is tested against this one.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+
+from mdnet.ssm.common import finish_output, prepare_inputs
 
 
 def selective_scan_ref(
@@ -41,12 +42,7 @@ def selective_scan_ref(
     in ``u``'s dtype.
     """
     dtype_in = u.dtype
-    compute = torch.float64 if u.dtype == torch.float64 else torch.float32
-    u, delta, A, B, C = (t.to(compute) for t in (u, delta, A, B, C))
-    if delta_bias is not None:
-        delta = delta + delta_bias.to(compute)[..., None]
-    if delta_softplus:
-        delta = F.softplus(delta)
+    u, delta, A, B, C = prepare_inputs(u, delta, A, B, C, delta_bias, delta_softplus)
 
     # Discretise every step up front (zero-order hold on A, Euler on B), as
     # mamba-ssm's selective_scan_ref does, then walk the sequence.
@@ -65,9 +61,5 @@ def selective_scan_ref(
         ys.append(torch.einsum("bdn,bdn->bd", h, C[..., t]))
     y = torch.stack(ys, dim=-1)                                        # (b, d, l)
 
-    if D is not None:
-        y = y + u * D.to(compute)[..., None]
-    if z is not None:
-        y = y * F.silu(z.to(compute))
-    y = y.to(dtype_in)
+    y = finish_output(y, u, D, z, dtype_in)
     return (y, h) if return_last_state else y

@@ -16,7 +16,7 @@ Reports, as markdown tables:
 
 Usage::
 
-    python benchmarks/align_quality.py [--data /work/shared/data/scut-fbp5500] [--limit N]
+    python benchmarks/align_quality.py [--data ../shared/data/scut-fbp5500] [--limit N]
         [--robust-n 40] [--derive-template]
 """
 
@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mdnet import align as A  # noqa: E402
 
-DEFAULT_DATA = Path("/work/shared/data/scut-fbp5500")
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "scut-fbp5500"
 
 
 def read_pts(path: Path) -> np.ndarray:

@@ -70,6 +70,21 @@ class MDNet(nn.Module):
         for i, (ch, (h, w)) in enumerate(zip(self.prior.feature_channels, shapes, strict=True)):
             self.register_buffer(f"prior_reference_{i}", torch.zeros(ch, h, w))
 
+    def preprocess(self, faces: torch.Tensor) -> torch.Tensor:
+        """Aligned faces, uint8 (b, s, s, 3) or (b, 3, s, s), or float in [0, 1] -> model input.
+
+        The one normalisation step that training, evaluation and the app share.
+        """
+        if faces.dim() != 4:
+            raise ValueError(f"expected a batch of faces (b, 3, s, s) or (b, s, s, 3), got {tuple(faces.shape)}")
+        if faces.shape[-1] == 3 and faces.shape[1] != 3:
+            faces = faces.permute(0, 3, 1, 2)
+        size = self.cfg.preprocess.image_size
+        if tuple(faces.shape[-2:]) != (size, size):
+            raise ValueError(f"faces must be aligned {size}x{size} crops, got {tuple(faces.shape[-2:])}")
+        x = faces.float() / 255 if faces.dtype == torch.uint8 else faces.float()
+        return (x.to(self.pixel_mean.device) - self.pixel_mean) / self.pixel_std
+
     # ----------------------------------------------------------------- streams
     @property
     def prior_references(self) -> list[torch.Tensor]:

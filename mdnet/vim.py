@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -98,6 +99,44 @@ class BiMamba(nn.Module):
         return self.out_proj(y.transpose(1, 2))
 
 
+MOBILENET_V2_STRIDE16_LAYERS = 14  # torchvision mobilenet_v2().features[:14]: stride 16, 96 channels
+MOBILENET_V2_STRIDE16_CHANNELS = 96
+
+
+def make_stem(cfg: VimConfig) -> nn.Module:
+    """Image (b, 3, s, s) -> patch features (b, embed_dim, s / p, s / p).
+
+    ``"patch"``: Vim's strided convolution. ``"mobilenet_v2"``: the first 14
+    layers of MobileNetV2 (stride 16) and a 1x1 projection, so ImageNet weights
+    (:func:`load_mobilenet_v2_stem`) can initialise the patch embedding.
+    """
+    if cfg.stem == "patch":
+        return nn.Conv2d(3, cfg.embed_dim, cfg.patch_size, cfg.patch_size)
+    if cfg.stem == "mobilenet_v2":
+        if cfg.patch_size != 16:
+            raise ValueError(f"the mobilenet_v2 stem has stride 16; got patch_size {cfg.patch_size}")
+        from torchvision.models import mobilenet_v2
+
+        features = mobilenet_v2().features[:MOBILENET_V2_STRIDE16_LAYERS]
+        return nn.Sequential(features, nn.Conv2d(MOBILENET_V2_STRIDE16_CHANNELS, cfg.embed_dim, 1))
+    raise ValueError(f"unknown Vim stem {cfg.stem!r}; use 'patch' or 'mobilenet_v2'")
+
+
+def load_mobilenet_v2_stem(vim: VisionMamba, weights: str | Path) -> int:
+    """Copy torchvision ImageNet MobileNetV2 weights into a ``mobilenet_v2`` stem; returns tensors copied."""
+    if vim.cfg.stem != "mobilenet_v2":
+        raise ValueError("this Vim has no mobilenet_v2 stem")
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    prefix = "features."
+    own = vim.patch_embed[0].state_dict()
+    picked = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix) and k[len(prefix):] in own}
+    missing = sorted(set(own) - set(picked))
+    if missing:
+        raise ValueError(f"{weights} lacks {len(missing)} stem tensors (e.g. {missing[:3]})")
+    vim.patch_embed[0].load_state_dict(picked)
+    return len(picked)
+
+
 class VimBlock(nn.Module):
     """Residual pre-norm block: h + drop_path(mixer(rmsnorm(h)))."""
 
@@ -140,7 +179,7 @@ class VisionMamba(nn.Module):
         self.grid = (side, side)
         self.num_patches = side * side
         self.cls_index = self.num_patches // 2
-        self.patch_embed = nn.Conv2d(3, cfg.embed_dim, cfg.patch_size, cfg.patch_size)
+        self.patch_embed = make_stem(cfg)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_patches + 1, cfg.embed_dim))
         rates = torch.linspace(0, cfg.drop_path, cfg.depth).tolist()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -9,6 +12,8 @@ from mdnet.config import get_config
 from mdnet.model import MDNet
 
 CUDA = torch.cuda.is_available()
+# The shared SCUT-FBP5500 copy sits beside the repository (../shared); MDNET_SCUT_DIR overrides.
+SCUT_ROOT = Path(os.environ.get("MDNET_SCUT_DIR", Path(__file__).resolve().parents[2] / "shared/data/scut-fbp5500"))
 
 
 def pytest_collection_modifyitems(config, items):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import struct
 import subprocess
 import sys
@@ -20,12 +19,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import SCUT_ROOT
 from PIL import Image
 
 from mdnet import align as A
 
 ROOT = Path(__file__).resolve().parent.parent
-SCUT_IMAGES = Path(os.environ.get("MDNET_SCUT_DIR", "/work/shared/data/scut-fbp5500")) / "Images"
+SCUT_IMAGES = SCUT_ROOT / "Images"
 
 # Thresholds measured with benchmarks/align_quality.py and on these fixtures (AF10.jpg and the
 # astronaut: mean abs difference <= 7.0, eye shift <= 1.2 px over rotations of +-30 deg, scales

@@ -25,7 +25,7 @@ def test_paper_preset_is_the_published_setting():
 def test_get_config_returns_independent_copies():
     a = get_config("tiny")
     a.prior.unet["block_out_channels"].append(1)
-    assert get_config("tiny").prior.unet["block_out_channels"] == [64, 128, 256]
+    assert get_config("tiny").prior.unet["block_out_channels"] == [32, 64, 128]
 
 
 def test_unknown_keys_and_presets_are_refused():

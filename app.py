@@ -1,31 +1,446 @@
-"""MD-Net FBP web app (Gradio). Placeholder page until the analysis UI lands.
+"""MD-Net FBP web app (Gradio): a photo or the webcam in; the score and why, side by side.
 
 Run ``python app.py``; it serves on 127.0.0.1:7860 (``GRADIO_SERVER_NAME`` and
-``GRADIO_SERVER_PORT`` override). The UI only talks to :mod:`mdnet.service`.
+``GRADIO_SERVER_PORT`` override; ``MDNET_CHECKPOINT`` picks another checkpoint). The UI only
+talks to :mod:`mdnet.service`; the handlers are plain methods of :class:`Handlers`, so tests
+call them without a browser.
+
+Two documented API endpoints (see ``docs/app.md``): ``/score`` (photo, face_index) -> JSON,
+and ``/analyze`` (photo, face_index, steps, view) -> JSON + aligned face + attention + IG.
+User errors come back from both as ``gradio.Error`` with a plain-language message.
 """
 
 from __future__ import annotations
+
+import atexit
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
 
 import gradio as gr
 
 from mdnet import service
 
-ABOUT = """
-# MD-Net facial beauty prediction
+LOG = logging.getLogger("mdnet.app")
+ROOT = Path(__file__).resolve().parent
+EXAMPLES = sorted((ROOT / "assets" / "examples").glob("*.jpg"))
+LIVE_EVERY_S = 0.75  # webcam frames sent for scoring at most this often (a CPU keeps up)
+LIVE_TIME_LIMIT_S = 600  # a webcam session streams for at most ten minutes, then frees its slot
+CONCURRENCY = max(1, int(os.environ.get("MDNET_APP_CONCURRENCY", "2")))  # model calls at once, per kind
+QUEUE_MAX = 128  # requests waiting beyond this are refused ("queue full") rather than left to pile up
+UPLOAD_SEARCH = "thorough"  # uploads: find every face of a group photo; the webcam uses the fast search
+CACHE_DELETE = (60, 180)  # every 60 s, delete uploads and shown images older than 180 s
+SHM_MIN_FREE = 1 << 30  # use /dev/shm for Gradio's files only with at least 1 GiB free
+STEPS_CHOICES = (8, 16, 32, 64)
+VIEW_CHOICES = [("the aligned face", "crop"), ("the original photo", "photo")]
 
-A Mamba-Diffusion Network that predicts the SCUT-FBP5500 beauty score (1-5): the mean
-judgement of that dataset's raters, on Asian and Caucasian adults. It is not an
-objective measure of anyone's worth.
+try:  # Hugging Face ZeroGPU: borrow a GPU for each model call; a no-op everywhere else
+    import spaces
+
+    _ZERO_GPU = bool(os.environ.get("SPACES_ZERO_GPU"))
+    gpu = spaces.GPU if _ZERO_GPU else (lambda fn: fn)
+except ImportError:
+    _ZERO_GPU = False
+
+    def gpu(fn):
+        return fn
+
+
+def _free(folder: Path) -> int:
+    stats = os.statvfs(folder)
+    return stats.f_bavail * stats.f_frsize
+
+
+def _memory_cache() -> bool:
+    """Keep Gradio's temporary files (uploads, shown images) in RAM (``/dev/shm``) when we can.
+
+    Gradio writes every upload and every image it sends to the browser into
+    ``GRADIO_TEMP_DIR``; pointing that at a tmpfs keeps photos off the disk. Returns whether
+    the folder in use is memory-backed. An explicit ``GRADIO_TEMP_DIR`` is respected, and a small
+    ``/dev/shm`` (Docker's default is 64 MB) is not used: uploads would fail when it fills up.
+    """
+    shm = Path("/dev/shm")
+    usable = shm.is_dir() and os.access(shm, os.W_OK) and _free(shm) >= SHM_MIN_FREE
+    if not os.environ.get("GRADIO_TEMP_DIR") and usable:
+        folder = tempfile.mkdtemp(prefix="mdnet-gradio-", dir=shm)
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        os.environ["GRADIO_TEMP_DIR"] = folder
+    return os.environ.get("GRADIO_TEMP_DIR", "").startswith("/dev/shm/")
+
+
+ABOUT = """
+# MD-Net: facial beauty prediction, with its reasoning
+
+A Mamba-Diffusion Network (a generative-prior stream and a Vision-Mamba stream joined by
+cross-attention) predicts the **SCUT-FBP5500 beauty score, 1-5**, of the face in a photo, and
+shows **why**: where the fusion looked, which pixels moved the score, and what each stream adds.
+"""
+
+HONESTY = """
+**What the score is, and is not.** It is the model's estimate of the *mean rating* that the
+SCUT-FBP5500 raters (60 people per face, on a 1-5 scale) gave to faces like this one. The dataset
+holds photos of **Asian and Caucasian adults** only, so the score says little about anyone else, and
+it reflects that panel's taste at that time. It is **not** an objective measure of beauty, of
+attractiveness to anyone in particular, or of anyone's worth. Lighting, pose, expression, make-up and
+the camera all move it. Please do not use it to judge or rank people.
 """
 
 
+def privacy_text(memory_backed: bool) -> str:
+    where = ("a temporary folder in the server's memory (RAM, not disk)" if memory_backed
+             else "the server's temporary folder")
+    return (
+        "**Privacy.** Photos and webcam frames are processed in memory and are never stored, logged or used "
+        f"for training. To show them in your browser, the web framework keeps uploads and result images in {where} "
+        f"and deletes them within {sum(CACHE_DELETE) // 60} minutes; your session's results are dropped when you "
+        "close the page. Webcam frames are sent for scoring only while the camera tab is streaming."
+    )
+
+
+API_DOC = f"""
+**Use it from Python** (`pip install gradio_client`); both endpoints raise an error with a plain
+message for a photo without a usable face:
+
+```python
+from gradio_client import Client, handle_file
+
+client = Client("http://127.0.0.1:7860/")  # or the Space's name
+result = client.predict(handle_file("photo.jpg"), 0, api_name="/score")
+print(result["score"], result["percentile"], result["faces_found"])
+numbers, face, attention, ig = client.predict(handle_file("photo.jpg"), 0, 16, "crop", api_name="/analyze")
+```
+
+`/score` (photo, face_index) returns the score, where it falls among the training faces and the
+faces found; `/analyze` (photo, face_index, steps, view) adds the explanations as JSON plus three
+images (aligned face with keypoints, cross-attention, Integrated Gradients; `view` is `crop` or
+`photo`). Uploads are limited to {service.MAX_UPLOAD_MB} MB.
+"""
+
+
+# =========================================================================== handlers
+def _photo_source(payload: Any) -> Any:
+    """What the service reads from an image input: a Gradio file payload's path, or the value itself."""
+    if isinstance(payload, dict):
+        return payload.get("path")
+    path = getattr(payload, "path", None)
+    return path if isinstance(path, str) else payload
+
+
+def _face_index(value: Any) -> int:
+    try:
+        return max(0, int(value))
+    except (TypeError, ValueError):
+        return 0
+
+
+def _message(exc: BaseException) -> str:
+    """The friendly message for ``exc``; unexpected errors are logged by type only (never the photo)."""
+    if not service.is_user_error(exc):
+        LOG.error("unexpected %s while processing a photo", type(exc).__name__, exc_info=exc)
+    return service.friendly_error(exc)
+
+
+def _steps(value: Any) -> int:
+    """Integrated Gradients steps from an input: an integer in 1-256 (16 when missing or not a number)."""
+    try:
+        return min(256, max(1, int(value)))
+    except (TypeError, ValueError):
+        return 16
+
+
+def _warning(text: str) -> str:
+    return f"⚠️ {text}" if text else ""
+
+
+def score_markdown(result: service.PhotoScore) -> str:
+    low, high = result.score_range
+    lines = [f"## {result.score:.2f} <small>on {low:g}-{high:g}</small>"]
+    if result.percentile is not None:
+        lines.append(percentile_text(result) + f" (<small>{result.reference_source}</small>).")
+    lines.append(f"<small>Model `{result.model_name}`, mirror-averaged; "
+                 f"{face_label_text(result)}.</small>")
+    return "\n\n".join(lines)
+
+
+def percentile_text(result: service.PhotoScore) -> str:
+    return f"Higher than **{result.percentile:.0f}%** of the training faces' scores"
+
+
+def face_label_text(result: service.PhotoScore) -> str:
+    return (service.face_label(result.face_index, result.n_faces).lower() + f" of {result.n_faces}"
+            if result.n_faces > 1 else "one face found")
+
+
+PANEL_CAPTION = """<small>**Aligned face**: the crop the model sees (the same alignment as in training), with the
+detector's keypoints. **Cross-attention**: where the Vision-Mamba stream's class token looked in the
+generative prior's feature maps (what it read, not what moved the score). **Integrated Gradients**: what
+moved the score, against a blurred copy of the face; red raised it, blue lowered it.</small>"""
+
+PANEL_SIZE = 8  # score, face, attention, ig, ablation plot, regions plot, explanation text, numbers
+
+
+def _panel(report: service.PhotoAnalysis | service.PhotoScore | None, view: str) -> list[Any]:
+    """The values of a results panel, in :meth:`ResultsPanel.outputs` order."""
+    if report is None:
+        return ["", None, None, None, None, None, "", None]
+    if isinstance(report, service.PhotoScore):
+        face = report.face_view() if view == "crop" else report.photo_view()
+        return [score_markdown(report), face, None, None, None, None, "", report.to_json()]
+    views = report.views(view)
+    text = f"{report.ablation_text()}\n\n{report.regions_text()}"
+    return [score_markdown(report.result), views["face"], views["attention"], views["ig"], report.ablation_figure(),
+            report.regions_figure(), text, report.to_json()]
+
+
+class Handlers:
+    """The app's event handlers over one model status (plain methods: tests call them directly)."""
+
+    def __init__(self, status: service.ModelStatus):
+        self.status = status
+
+    # ------------------------------------------------------------- model calls
+    @gpu
+    def _score(self, source: Any, face_index: int, search: str) -> service.PhotoScore:
+        return service.score_photo(source, face_index, status=self.status, search=search)
+
+    @gpu
+    def _explain(self, result: service.PhotoScore, steps: int, progress: Any = None) -> service.PhotoAnalysis:
+        return service.explain_result(result, steps, None if _ZERO_GPU else progress, status=self.status)
+
+    @gpu
+    def _analyze(self, source: Any, face_index: int, steps: int, progress: Any = None) -> service.PhotoAnalysis:
+        return service.analyze_photo(source, face_index, steps, None if _ZERO_GPU else progress,
+                                     status=self.status, search=UPLOAD_SEARCH)
+
+    # ------------------------------------------------------------- upload tab
+    def quick(self, payload: Any, face: Any, view: str):
+        """Fast step: align + score. -> (message, face dropdown, report state, ok, *panel)."""
+        if payload is None:
+            return ("", gr.Dropdown(choices=[], value=None, visible=False), None, False, *_panel(None, view))
+        try:
+            result = self._score(_photo_source(payload), _face_index(face), UPLOAD_SEARCH)
+        except Exception as exc:  # every error becomes a message on the page
+            return (_warning(_message(exc)), gr.Dropdown(choices=[], value=None, visible=False), None, False,
+                    *_panel(None, view))
+        choices = [(label, i) for i, label in enumerate(result.face_choices)]
+        dropdown = gr.Dropdown(choices=choices, value=result.face_index, visible=result.n_faces > 1)
+        note = result.faces_note or "Scored. Working out the explanations..."
+        return (note, dropdown, result, True, *_panel(result, view))
+
+    def new_photo(self, payload: Any, view: str):
+        """A new photo (upload, example, paste, clear): the largest face first."""
+        return self.quick(payload, 0, view)
+
+    def full(self, quick: Any, view: str, steps: Any, ok: bool, progress=gr.Progress()):  # noqa: B008
+        """Slow step, after :meth:`quick` succeeded: the explanations of the face it found.
+
+        ``quick``: the :class:`service.PhotoScore` that :meth:`quick` kept. -> (message, report state, *panel).
+        """
+        if not ok or not isinstance(quick, service.PhotoScore):
+            return (gr.skip(), gr.skip(), *[gr.skip()] * PANEL_SIZE)
+        try:
+            report = self._explain(quick, _steps(steps), lambda f: progress(f, desc="Integrated Gradients"))
+        except Exception as exc:
+            return (_warning(_message(exc)), None, *_panel(None, view))
+        return (report.result.faces_note, report, *_panel(report, view))
+
+    def change_view(self, report: Any, view: str):
+        """Redraw the three image panels on the crop or on the photo (no model call)."""
+        if report is None:
+            return gr.skip(), gr.skip(), gr.skip()
+        values = _panel(report, view)
+        return values[1], values[2], values[3]
+
+    # ------------------------------------------------------------- webcam tab
+    def live(self, frame: Any):
+        """One webcam frame -> (light overlay, live score text, the frame kept for 'analyse')."""
+        if frame is None:
+            return gr.skip(), gr.skip(), gr.skip()
+        try:
+            result = self._score(frame, 0, "auto")
+        except Exception as exc:
+            return service.thumbnail(frame), _warning(_message(exc)), frame
+        low, high = result.score_range
+        text = f"### Live score: {result.score:.2f} <small>on {low:g}-{high:g}</small>"
+        if result.percentile is not None:
+            text += "\n\n" + percentile_text(result) + "."
+        return result.live_view(), text, frame
+
+    def freeze(self, frame: Any, view: str, steps: Any, progress=gr.Progress()):  # noqa: B008
+        """Analyse the last webcam frame. -> (message, report state, *panel)."""
+        if frame is None:
+            return ("Start the camera first: no frame has been received yet.", None, *_panel(None, view))
+        try:
+            report = self._analyze_frame(frame, _steps(steps), lambda f: progress(f, desc="Integrated Gradients"))
+        except Exception as exc:
+            return (_warning(_message(exc)), None, *_panel(None, view))
+        return (report.result.faces_note, report, *_panel(report, view))
+
+    @gpu
+    def _analyze_frame(self, frame: Any, steps: int, progress: Any = None) -> service.PhotoAnalysis:
+        return service.analyze_photo(frame, 0, steps, None if _ZERO_GPU else progress, status=self.status)
+
+    # ------------------------------------------------------------- API
+    def api_score(self, photo: Any, face_index: Any = 0) -> dict[str, Any]:
+        """Score one face of a photo: JSON with score, percentile, faces found (largest first)."""
+        try:
+            return self._score(_photo_source(photo), _face_index(face_index), UPLOAD_SEARCH).to_json()
+        except Exception as exc:
+            raise gr.Error(_message(exc), print_exception=False) from None
+
+    def api_analyze(self, photo: Any, face_index: Any = 0, steps: Any = 16, view: Any = "crop"):
+        """Score and explain one face: (JSON, aligned face, cross-attention overlay, IG overlay)."""
+        view = view if view in service.VIEWS else "crop"
+        try:
+            report = self._analyze(_photo_source(photo), _face_index(face_index), _steps(steps))
+        except Exception as exc:
+            raise gr.Error(_message(exc), print_exception=False) from None
+        images = report.views(view)
+        return report.to_json(), images["face"], images["attention"], images["ig"]
+
+
+# =========================================================================== layout
+class ResultsPanel:
+    """The side-by-side results: score, aligned face, attention, IG, ablation, regions, numbers."""
+
+    def __init__(self, prefix: str):
+        self.score = gr.Markdown(elem_id=f"{prefix}-score")
+        with gr.Row(equal_height=True):
+            self.face = gr.Image(label="Aligned face, keypoints", elem_id=f"{prefix}-face", interactive=False,
+                                 format="png", height=300)
+            self.attention = gr.Image(label="Cross-attention", elem_id=f"{prefix}-attention", interactive=False,
+                                      format="png", height=300)
+            self.ig = gr.Image(label="Integrated Gradients", elem_id=f"{prefix}-ig", interactive=False,
+                               format="png", height=300)
+        gr.Markdown(PANEL_CAPTION)
+        with gr.Row(equal_height=True):
+            self.ablation = gr.Plot(label="Stream ablation", elem_id=f"{prefix}-ablation", format="png")
+            self.regions = gr.Plot(label="Facial regions", elem_id=f"{prefix}-regions", format="png")
+        self.text = gr.Markdown(elem_id=f"{prefix}-explanation")
+        with gr.Accordion("All the numbers (JSON)", open=False):
+            self.numbers = gr.JSON(elem_id=f"{prefix}-json", show_label=False)
+
+    def outputs(self) -> list[gr.components.Component]:
+        return [self.score, self.face, self.attention, self.ig, self.ablation, self.regions, self.text, self.numbers]
+
+
 def build_demo(status: service.ModelStatus | None = None) -> gr.Blocks:
-    status = status or service.load_model()
-    with gr.Blocks(title="MD-Net FBP") as demo:
+    """The whole page over ``status`` (default: the shipped checkpoint, or ``$MDNET_CHECKPOINT``)."""
+    memory_backed = _memory_cache()
+    status = status or service.get_status()
+    h = Handlers(status)
+    state_ttl = 30 * 60
+    with gr.Blocks(title="MD-Net facial beauty prediction", analytics_enabled=False,
+                   delete_cache=CACHE_DELETE) as demo:
         gr.Markdown(ABOUT)
-        gr.Markdown(f"**Status:** {status.message}", elem_id="model-status")
+        if status.ready:
+            banner = f"**Model:** MD-Net `{status.model.cfg.name}`, on the {service.default_device().type.upper()}."
+        else:
+            banner = f"⚠️ **The model is not available.** {status.message} Photos cannot be scored until it is."
+        gr.Markdown(banner, elem_id="model-status")
+        with gr.Accordion("What the score means, and privacy", open=True):
+            gr.Markdown(HONESTY, elem_id="honesty")
+            gr.Markdown(privacy_text(memory_backed), elem_id="privacy")
+        with gr.Row():
+            view = gr.Radio(VIEW_CHOICES, value="crop", label="Draw the overlays on", elem_id="view")
+            steps = gr.Dropdown(list(STEPS_CHOICES), value=16, label="Integrated Gradients steps (more: slower, "
+                                "more exact)", elem_id="steps")
+
+        with gr.Tabs():
+            with gr.Tab("Photo", id="upload"), gr.Row():
+                with gr.Column(scale=1):
+                    photo = gr.Image(type="filepath", image_mode=None, sources=["upload", "clipboard"],
+                                     label="Your photo", elem_id="photo", height=320)
+                    gr.Markdown(f"<small>JPEG, PNG, WebP, BMP or GIF, at most {service.MAX_UPLOAD_MB} MB. "
+                                "One face is scored at a time (the largest first).</small>")
+                    face = gr.Dropdown(choices=[], label="Face to score (largest first)", visible=False,
+                                       interactive=True, elem_id="face-choice")
+                    if EXAMPLES:
+                        gr.Examples([[str(p)] for p in EXAMPLES], inputs=[photo], cache_examples=False,
+                                    label="Example photos (public domain / CC0; see assets/examples/LICENSE.md)")
+                with gr.Column(scale=3):
+                    message = gr.Markdown(elem_id="upload-message")
+                    upload_panel = ResultsPanel("upload")
+            with gr.Tab("Webcam", id="webcam"):
+                gr.Markdown(f"Allow the camera: a frame is scored about every {LIVE_EVERY_S:g} s (the live score "
+                            "uses the largest face). **Analyse this frame** runs the full analysis on the last frame.")
+                with gr.Row():
+                    camera = gr.Image(sources=["webcam"], streaming=True, type="numpy", label="Camera",
+                                      elem_id="camera", height=320)
+                    live_view = gr.Image(label="Live", elem_id="live-view", interactive=False, height=320)
+                live_text = gr.Markdown(elem_id="live-score")
+                freeze = gr.Button("Analyse this frame", variant="primary", elem_id="freeze")
+                cam_message = gr.Markdown(elem_id="webcam-message")
+                webcam_panel = ResultsPanel("webcam")
+        with gr.Accordion("API", open=False):
+            gr.Markdown(API_DOC, elem_id="api-doc")
+
+        upload_state = gr.State(None, time_to_live=state_ttl)
+        webcam_state = gr.State(None, time_to_live=state_ttl)
+        last_frame = gr.State(None, time_to_live=state_ttl)
+        ok = gr.State(False)
+
+        # -- upload: a fast score first, then the explanations
+        quick_out = [message, face, upload_state, ok, *upload_panel.outputs()]
+        full_out = [message, upload_state, *upload_panel.outputs()]
+        common = {"api_visibility": "private", "preprocess": False}
+        photo.change(h.new_photo, [photo, view], quick_out, concurrency_id="score", concurrency_limit=CONCURRENCY,
+                     **common).then(
+            h.full, [upload_state, view, steps, ok], full_out, concurrency_id="analysis", concurrency_limit=1,
+            show_progress_on=[upload_panel.attention, upload_panel.ig], **common)
+        face.input(h.quick, [photo, face, view], quick_out, concurrency_id="score", **common).then(
+            h.full, [upload_state, view, steps, ok], full_out, concurrency_id="analysis",
+            show_progress_on=[upload_panel.attention, upload_panel.ig], **common)
+        view.change(h.change_view, [upload_state, view], upload_panel.outputs()[1:4], api_visibility="private")
+        view.change(h.change_view, [webcam_state, view], webcam_panel.outputs()[1:4], api_visibility="private")
+
+        # -- webcam: throttled live score, and a full analysis of a frozen frame
+        camera.stream(h.live, [camera], [live_view, live_text, last_frame], stream_every=LIVE_EVERY_S,
+                      time_limit=LIVE_TIME_LIMIT_S, concurrency_id="score", api_visibility="private",
+                      show_progress="hidden")
+        freeze.click(h.freeze, [last_frame, view, steps], [cam_message, webcam_state, *webcam_panel.outputs()],
+                     concurrency_id="analysis", api_visibility="private",
+                     show_progress_on=[webcam_panel.attention, webcam_panel.ig])
+
+        # -- the documented API: hidden components, one button each
+        with gr.Row(visible=False):
+            api_photo = gr.Image(type="filepath", image_mode=None, label="photo")
+            api_face = gr.Number(0, precision=0, label="face_index")
+            api_steps = gr.Number(16, precision=0, label="steps")
+            api_view = gr.Textbox("crop", label="view")
+            api_json = gr.JSON(label="result")
+            api_analysis = gr.JSON(label="analysis")
+            api_face_img = gr.Image(label="aligned_face", format="png")
+            api_att_img = gr.Image(label="attention_overlay", format="png")
+            api_ig_img = gr.Image(label="ig_overlay", format="png")
+            api_score_btn, api_analyze_btn = gr.Button("score"), gr.Button("analyze")
+        api_score_btn.click(
+            h.api_score, [api_photo, api_face], [api_json], api_name="score", preprocess=False,
+            concurrency_id="score",
+            api_description="Score one face of a photo (face_index 0 = largest). Returns JSON: score (1-5), "
+                            "percentile among the training faces, faces found with boxes, keypoints, model.")
+        api_analyze_btn.click(
+            h.api_analyze, [api_photo, api_face, api_steps, api_view],
+            [api_analysis, api_face_img, api_att_img, api_ig_img], api_name="analyze", preprocess=False,
+            concurrency_id="analysis",
+            api_description="Score and explain one face: JSON (score, percentile, IG, attention, stream ablation, "
+                            "region shares) and three images (aligned face with keypoints, cross-attention "
+                            "overlay, Integrated Gradients overlay) drawn on the crop or the photo (view).")
+    demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_MAX)
     return demo
 
 
+def launch_kwargs() -> dict[str, Any]:
+    """What ``launch()`` needs beyond Gradio's defaults (the server name/port come from the environment)."""
+    return {"max_file_size": service.MAX_UPLOAD_BYTES, "show_error": False}
+
+
 if __name__ == "__main__":
-    build_demo().launch()
+    import signal
+    import sys
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # a stopped server still removes its temporary folder
+    build_demo().launch(**launch_kwargs())

@@ -1,21 +1,56 @@
-"""The one entry point the app (and later the CLI) talks to.
+"""The one entry point the app, the CLI and the tests talk to: photo -> aligned face -> score -> explanations.
 
-For now it finds and loads the model; alignment, scoring and explanations are
-added here as they land (see the issues), so ``app.py`` stays a thin layout.
+    status = load_model()                                  # never raises: status.message says what is wrong
+    result = score_photo(photo, face_index=0)              # fast: align + mirror-averaged score (+ percentile)
+    report = analyze_photo(photo, face_index=0)            # slow: + attention, IG, stream ablation, regions
+    report = explain_result(result)                        # the same, for a face score_photo already found
+    report.views("crop" | "photo")                         # the overlays, ready to show
+    friendly_error(exc)                                    # any error a user can cause -> one plain sentence
+
+``photo`` is anything :func:`mdnet.align.load_rgb` accepts (a path, bytes, a file object, a
+PIL image, an RGB array). Photos are processed in memory only: nothing here writes them to
+disk or logs them. Uploads above :data:`MAX_UPLOAD_MB` are refused before decoding.
+
+Where a score falls among the training faces (:class:`ScoreReference`) comes from
+``score_distribution.json`` beside the checkpoint (``python -m mdnet.service
+--write-score-distribution LABELS CHECKPOINT_DIR`` writes it from a SCUT-FBP5500 list file),
+else from ``metadata.score_quantiles`` in its ``config.json``, else from the SCUT-FBP5500
+training list when the dataset is on this machine (``$MDNET_SCUT_DIR``); without any of
+them the app shows the score alone.
 """
 
 from __future__ import annotations
 
+import argparse
+import io
+import json
 import os
-from dataclasses import dataclass
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
 from mdnet.checkpoint import CheckpointError, load_checkpoint
 from mdnet.model import MDNet
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "default"
+# Uploads larger than this are refused (the app also gives it to Gradio's ``max_file_size``).
+MAX_UPLOAD_MB = 15
+MAX_UPLOAD_BYTES = MAX_UPLOAD_MB * 1024 * 1024
+# Photos are shown (and drawn on) at most this many pixels on their longest side.
+DISPLAY_MAX_SIDE = 1024
+LIVE_MAX_SIDE = 640
+CROP_DISPLAY = 384  # aligned crops are shown enlarged to this side
+SCORE_DISTRIBUTION_NAME = "score_distribution.json"
+_SCUT_DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "scut-fbp5500"
+_TRAIN_LIST = Path("train_test_files") / "split_of_60%training and 40%testing" / "train.txt"
+
+Progress = Callable[[float], object]
 
 
 def default_device() -> torch.device:
@@ -67,3 +102,592 @@ def score_aligned(
             s = (s + model(x.flip(-1), mode=mode).score) / 2
         scores.append(s.float().cpu())
     return torch.cat(scores) if scores else torch.empty(0)
+
+
+# =========================================================================== the shared model
+_STATUS: ModelStatus | None = None
+_STATUS_LOCK = threading.Lock()
+
+
+def get_status() -> ModelStatus:
+    """The process-wide model status, loaded on first use (``load_model()``'s defaults)."""
+    global _STATUS
+    with _STATUS_LOCK:
+        if _STATUS is None:
+            _STATUS = load_model()
+        return _STATUS
+
+
+def set_status(status: ModelStatus | None) -> None:
+    """Make ``status`` the process-wide model (None: load the default again on next use)."""
+    global _STATUS
+    with _STATUS_LOCK:
+        _STATUS = status
+
+
+# =========================================================================== errors
+class ServiceError(Exception):
+    """A problem a user can cause or must know about, other than a bad photo (those are ``AlignError``)."""
+
+
+class UploadTooLargeError(ServiceError):
+    """The upload is bigger than :data:`MAX_UPLOAD_MB`."""
+
+
+class ModelUnavailableError(ServiceError):
+    """The model is not loaded (no checkpoint, or a broken one); the message says why."""
+
+
+def describe_error(exc: BaseException) -> tuple[str, str]:
+    """``(kind, message)`` for any exception: the one place errors become words for the user.
+
+    ``kind`` is a short stable code for API clients (``no_face``, ``face_too_small``,
+    ``face_index``, ``not_an_image``, ``empty_image``, ``image_too_large``, ``aspect_ratio``,
+    ``upload_too_large``, ``model_unavailable``, ``install``, ``out_of_memory``, ``internal``).
+    The message never contains a traceback or a file path of the server.
+    """
+    from mdnet import align as A
+
+    kinds = [
+        (A.NoFaceError, "no_face"),
+        (A.FaceTooSmallError, "face_too_small"),
+        (A.FaceIndexError, "face_index"),
+        (A.EmptyImageError, "empty_image"),
+        (A.ImageTooLargeError, "image_too_large"),
+        (A.AspectRatioError, "aspect_ratio"),
+        (A.ImageDecodeError, "not_an_image"),
+    ]
+    for cls, kind in kinds:
+        if isinstance(exc, cls):
+            return kind, str(exc)
+    if isinstance(exc, A.AlignError):
+        return "bad_image", str(exc)
+    if isinstance(exc, UploadTooLargeError):
+        return "upload_too_large", str(exc)
+    if isinstance(exc, ModelUnavailableError):
+        return "model_unavailable", str(exc)
+    if isinstance(exc, CheckpointError):
+        return "model_unavailable", f"The model could not be loaded: {exc}"
+    if isinstance(exc, A.DetectorModelError):
+        return "install", "The face detector is not installed correctly on this server, so no photo can be processed."
+    if isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()):
+        return "out_of_memory", "The server ran out of memory on this photo. Please try a smaller photo or try later."
+    return "internal", "Something went wrong while processing this photo. Please try another photo."
+
+
+def friendly_error(exc: BaseException) -> str:
+    """One plain-language message for any exception (see :func:`describe_error`)."""
+    return describe_error(exc)[1]
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is expected (bad input, no model) rather than a bug worth logging."""
+    return describe_error(exc)[0] != "internal"
+
+
+# =========================================================================== where a score falls
+@dataclass(frozen=True)
+class ScoreReference:
+    """The distribution of the training faces' scores, as quantiles.
+
+    Attributes:
+        levels: percent levels ``(k,)``, increasing from 0 to 100.
+        values: the score at each level ``(k,)``, non-decreasing.
+        count: how many training faces it summarises.
+        source: where it came from (for the page and the JSON).
+    """
+
+    levels: tuple[float, ...]
+    values: tuple[float, ...]
+    count: int
+    source: str
+
+    @classmethod
+    def from_scores(cls, scores: np.ndarray, source: str, points: int = 101) -> ScoreReference:
+        scores = np.asarray(scores, dtype=np.float64)
+        if scores.size == 0:
+            raise ValueError("no scores to summarise")
+        levels = np.linspace(0, 100, points)
+        return cls(tuple(levels.tolist()), tuple(np.percentile(scores, levels).round(4).tolist()), int(scores.size),
+                   source)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], source: str) -> ScoreReference:
+        levels, values = [float(x) for x in data["levels"]], [float(x) for x in data["values"]]
+        if len(levels) != len(values) or len(levels) < 2 or np.any(np.diff(levels) <= 0) or np.any(np.diff(values) < 0):
+            raise ValueError("levels and values must be equally long, levels increasing and values non-decreasing")
+        return cls(tuple(levels), tuple(values), int(data.get("count", 0)), str(data.get("source", source)))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"levels": list(self.levels), "values": list(self.values), "count": self.count, "source": self.source}
+
+    def percentile(self, score: float) -> float:
+        """Percent of the training faces whose score is below ``score`` (0-100, interpolated)."""
+        values, levels = np.asarray(self.values), np.asarray(self.levels)
+        # a score equal to quantiles (repeated scores): the middle of the tied levels
+        lo, hi = np.searchsorted(values, score, side="left"), np.searchsorted(values, score, side="right")
+        if lo < hi:
+            return float((levels[lo] + levels[hi - 1]) / 2)
+        return float(np.interp(score, values, levels, left=0.0, right=100.0))
+
+
+_REFERENCES: dict[str, ScoreReference | None] = {}
+
+
+def _scut_train_list() -> Path | None:
+    root = Path(os.environ.get("MDNET_SCUT_DIR", _SCUT_DEFAULT))
+    path = root / _TRAIN_LIST
+    return path if path.is_file() else None
+
+
+def read_label_scores(labels_file: str | os.PathLike) -> np.ndarray:
+    """The scores of a SCUT-FBP5500 ``NAME SCORE`` list file."""
+    from mdnet.data import read_list
+
+    return np.array([s for _, s in read_list(labels_file)], dtype=np.float64)
+
+
+def score_reference(status: ModelStatus | None = None) -> ScoreReference | None:
+    """The training faces' score distribution for the model of ``status`` (cached), or None."""
+    status = status or get_status()
+    key = status.source
+    if key in _REFERENCES:
+        return _REFERENCES[key]
+    ref: ScoreReference | None = None
+    folder = Path(status.source)
+    try:
+        if (folder / SCORE_DISTRIBUTION_NAME).is_file():
+            ref = ScoreReference.from_json(json.loads((folder / SCORE_DISTRIBUTION_NAME).read_text()),
+                                           SCORE_DISTRIBUTION_NAME)
+        elif (folder / "config.json").is_file():
+            meta = json.loads((folder / "config.json").read_text()).get("metadata", {})
+            if isinstance(meta.get("score_quantiles"), dict):
+                ref = ScoreReference.from_json(meta["score_quantiles"], "checkpoint metadata")
+    except (OSError, ValueError, KeyError, TypeError):
+        ref = None
+    if ref is None and (labels := _scut_train_list()) is not None:
+        try:
+            ref = ScoreReference.from_scores(read_label_scores(labels),
+                                             "SCUT-FBP5500 60/40 training list (mean ratings)")
+        except (OSError, ValueError):
+            ref = None
+    _REFERENCES[key] = ref
+    return ref
+
+
+def write_score_distribution(labels_file: str | os.PathLike, checkpoint_dir: str | os.PathLike) -> Path:
+    """Write ``score_distribution.json`` (101 quantiles of the list's scores) into ``checkpoint_dir``."""
+    scores = read_label_scores(labels_file)
+    ref = ScoreReference.from_scores(scores, f"mean ratings of the {scores.size} faces of {Path(labels_file).name}")
+    out = Path(checkpoint_dir) / SCORE_DISTRIBUTION_NAME
+    out.write_text(json.dumps(ref.to_json(), indent=1) + "\n")
+    _REFERENCES.clear()
+    return out
+
+
+# =========================================================================== photos in memory
+def read_photo(image: Any, max_bytes: int = MAX_UPLOAD_BYTES) -> np.ndarray:
+    """Decode any photo input to ``(H, W, 3)`` uint8 RGB, in memory, refusing uploads over ``max_bytes``.
+
+    Raises ``UploadTooLargeError`` or an :class:`mdnet.align.AlignError` (not an image, empty, ...).
+    """
+    from mdnet.align import load_rgb
+
+    size = None
+    if isinstance(image, (str, os.PathLike)) and Path(image).is_file():
+        size = Path(image).stat().st_size
+        if size <= max_bytes:
+            image = Path(image).read_bytes()  # one read into memory; decoding happens from there
+    elif isinstance(image, (bytes, bytearray, memoryview)):
+        size = len(image)
+    if size is not None and size > max_bytes:
+        raise UploadTooLargeError(
+            f"This file is {size / 1024 / 1024:.1f} MB; the limit is {max_bytes // (1024 * 1024)} MB. "
+            "Please upload a smaller photo."
+        )
+    return load_rgb(image)
+
+
+def _downscale(rgb: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
+    import cv2
+
+    h, w = rgb.shape[:2]
+    f = min(1.0, max_side / max(h, w))
+    if f >= 1.0:
+        return rgb, 1.0
+    small = cv2.resize(rgb, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
+    return small, f
+
+
+def thumbnail(image: np.ndarray, max_side: int = LIVE_MAX_SIDE) -> np.ndarray | None:
+    """An RGB uint8 array downscaled to ``max_side`` (None when it is not such an array)."""
+    arr = np.asarray(image) if isinstance(image, np.ndarray) else None
+    if arr is None or arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3 or arr.size == 0:
+        return None
+    return _downscale(arr, max_side)[0]
+
+
+def _require_model(status: ModelStatus | None) -> MDNet:
+    status = status or get_status()
+    if not status.ready:
+        raise ModelUnavailableError(status.message)
+    return status.model  # type: ignore[return-value]
+
+
+def face_label(i: int, n: int) -> str:
+    """How the app names face ``i`` of ``n`` (largest first)."""
+    return f"Face {i + 1}" + (" (largest)" if i == 0 and n > 1 else "")
+
+
+@dataclass
+class PhotoScore:
+    """The fast result: the chosen face's aligned crop and its score.
+
+    Attributes:
+        score: mirror-averaged score on the model's scale (1-5).
+        percentile: percent of the training faces scored lower, or None when unknown.
+        face_index, n_faces: which face (largest first) of how many found.
+        aligned: the :class:`mdnet.align.AlignedFace` (crop, keypoints, transforms, every face).
+        photo: the decoded photo ``(H, W, 3)`` uint8 (kept in memory for drawing).
+        model_name, score_range, reference_source, seconds.
+    """
+
+    score: float
+    percentile: float | None
+    face_index: int
+    n_faces: int
+    aligned: Any
+    photo: np.ndarray = field(repr=False)
+    model_name: str = ""
+    score_range: tuple[float, float] = (1.0, 5.0)
+    reference_source: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def faces_note(self) -> str:
+        """An informational sentence when several faces were found ("" for one)."""
+        if self.n_faces <= 1:
+            return ""
+        return (f"{self.n_faces} faces were found in this photo; showing {face_label(self.face_index, self.n_faces)}. "
+                "Pick another face in the list to score it instead.")
+
+    @property
+    def face_choices(self) -> list[str]:
+        return [face_label(i, self.n_faces) for i in range(self.n_faces)]
+
+    def summary(self) -> str:
+        """One line: the score and where it falls."""
+        low, high = self.score_range
+        text = f"{self.score:.2f} on the {low:g}-{high:g} scale"
+        if self.percentile is not None:
+            text += f", higher than {self.percentile:.0f}% of the training faces"
+        return text
+
+    def to_json(self) -> dict[str, Any]:
+        a = self.aligned
+        return {
+            "score": round(self.score, 4),
+            "score_range": list(self.score_range),
+            "percentile": None if self.percentile is None else round(self.percentile, 1),
+            "percentile_reference": self.reference_source,
+            "face_index": self.face_index,
+            "faces_found": self.n_faces,
+            "faces": [
+                {"box": np.round(f.box, 1).tolist(), "detector_score": round(float(f.score), 4)} for f in a.faces
+            ],
+            "keypoints_crop": np.round(a.crop_keypoints, 2).tolist(),
+            "photo_shape": list(a.source_shape),
+            "model": self.model_name,
+            "seconds": round(self.seconds, 3),
+            "note": self.faces_note,
+        }
+
+    # ------------------------------------------------------------- drawing
+    def face_view(self, side: int = CROP_DISPLAY) -> np.ndarray:
+        """The aligned crop, enlarged to ``side``, with the detected keypoints."""
+        from mdnet import viz
+
+        crop = self.aligned.image
+        return viz.draw_keypoints(_enlarge(crop, side), self.aligned.crop_keypoints * (side / crop.shape[0]))
+
+    def photo_view(self, max_side: int = DISPLAY_MAX_SIDE) -> np.ndarray:
+        """The photo (downscaled) with every face's box numbered, the chosen one highlighted with its keypoints."""
+        return draw_faces(self.photo, self.aligned, max_side=max_side)
+
+    def live_view(self, max_side: int = LIVE_MAX_SIDE, mirror: bool = True) -> np.ndarray:
+        """A light overlay for the webcam: the chosen face's box and keypoints and the score, on a small frame.
+
+        ``mirror`` flips the frame (text stays readable), like the browser's own camera preview.
+        """
+        return draw_faces(self.photo, self.aligned, max_side=max_side, label=f"{self.score:.2f}", mirror=mirror)
+
+
+def _enlarge(image: np.ndarray, side: int) -> np.ndarray:
+    import cv2
+
+    if image.shape[0] >= side:
+        return image
+    return cv2.resize(image, (side, side), interpolation=cv2.INTER_CUBIC)
+
+
+def draw_faces(
+    photo: np.ndarray, aligned: Any, max_side: int = DISPLAY_MAX_SIDE, label: str | None = None, mirror: bool = False
+) -> np.ndarray:
+    """``photo`` downscaled to ``max_side`` with the faces' boxes (numbered) and the chosen face's keypoints.
+
+    ``mirror``: draw on the horizontally flipped photo (boxes and points flipped with it).
+    """
+    import cv2
+
+    from mdnet import viz
+
+    small, f = _downscale(photo, max_side)
+    width = small.shape[1]
+    out = np.ascontiguousarray(small[:, ::-1] if mirror else small.copy())
+    thick = max(1, round(max(out.shape[:2]) / 300))
+
+    def flip_x(points: np.ndarray) -> np.ndarray:
+        points = np.array(points, dtype=np.float64) * f
+        if mirror:
+            points[..., 0] = width - points[..., 0]
+        return points
+
+    for i, face in enumerate(aligned.faces):
+        (bx0, by0), (bx1, by1) = flip_x(np.reshape(face.box, (2, 2)))
+        x0, x1 = sorted((round(bx0), round(bx1)))
+        y0, y1 = round(by0), round(by1)
+        chosen = i == aligned.face_index
+        color = (255, 215, 0) if chosen else (200, 200, 200)
+        cv2.rectangle(out, (x0, y0), (x1, y1), color, thick + (1 if chosen else 0), cv2.LINE_AA)
+        text = label if (label is not None and chosen) else (str(i + 1) if len(aligned.faces) > 1 else None)
+        if text:
+            scale = max(0.5, (x1 - x0) / 160)
+            (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick + 1)
+            ty = max(th + 4, y0 - 4)
+            cv2.rectangle(out, (x0, ty - th - 4), (x0 + tw + 6, ty + base - 2), color, -1)
+            cv2.putText(out, text, (x0 + 3, ty - 2), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thick + 1,
+                        cv2.LINE_AA)
+    return viz.draw_keypoints(out, flip_x(aligned.keypoints), radius=max(2, thick + 1))
+
+
+def _align_photo(image: Any, face_index: int, model: MDNet, search: str = "auto") -> tuple[np.ndarray, Any]:
+    from mdnet.align import align
+
+    photo = read_photo(image)
+    return photo, align(photo, size=model.cfg.preprocess.image_size, face_index=int(face_index), search=search)
+
+
+def _result(status: ModelStatus, photo: np.ndarray, aligned: Any, score: float, start: float) -> PhotoScore:
+    model = status.model
+    ref = score_reference(status)
+    return PhotoScore(
+        score=score,
+        percentile=None if ref is None else ref.percentile(score),
+        face_index=int(aligned.face_index),
+        n_faces=len(aligned.faces),
+        aligned=aligned,
+        photo=photo,
+        model_name=model.cfg.name,
+        score_range=tuple(model.cfg.score_range),
+        reference_source=None if ref is None else ref.source,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def score_photo(
+    image: Any, face_index: int = 0, *, status: ModelStatus | None = None, search: str = "auto"
+) -> PhotoScore:
+    """Align face ``face_index`` (largest first) of a photo and score it; the webcam's fast path.
+
+    ``search``: how hard :func:`mdnet.align.align` looks for faces (``"auto"``: fast, stops at the
+    first faces found; ``"thorough"``: every face of a group photo).
+
+    Raises ``ModelUnavailableError``, ``UploadTooLargeError`` or an ``AlignError``: turn any of
+    them into words with :func:`friendly_error`.
+    """
+    status = status or get_status()
+    model = _require_model(status)
+    start = time.perf_counter()
+    photo, aligned = _align_photo(image, face_index, model, search)
+    crop = torch.from_numpy(np.ascontiguousarray(aligned.image)).permute(2, 0, 1).unsqueeze(0)
+    return _result(status, photo, aligned, float(score_aligned(model, crop)[0]), start)
+
+
+# =========================================================================== the full analysis
+VIEWS = ("crop", "photo")
+
+
+@dataclass
+class PhotoAnalysis:
+    """The fast result plus the explanations (:class:`mdnet.explain.Analysis`), ready to lay out."""
+
+    result: PhotoScore
+    analysis: Any
+    seconds: float = 0.0
+
+    @property
+    def score(self) -> float:
+        return self.result.score
+
+    def views(self, on: str = "crop") -> dict[str, np.ndarray]:
+        """Images ``(h, w, 3)`` uint8: ``face`` (keypoints), ``attention`` and ``ig`` overlays.
+
+        ``on="crop"``: drawn on the aligned face (enlarged to :data:`CROP_DISPLAY`); ``on="photo"``: on
+        the original photo (downscaled to :data:`DISPLAY_MAX_SIDE`), through the alignment's inverse transform.
+        The IG map is signed: red where the face's detail raised the score, blue where it lowered it.
+        """
+        from mdnet import viz
+
+        if on not in VIEWS:
+            raise ValueError(f"on must be one of {VIEWS}, not {on!r}")
+        a = self.analysis
+        if on == "crop":
+            return {
+                "face": self.result.face_view(),
+                "attention": _enlarge(viz.overlay(a.face, a.attention.cls), CROP_DISPLAY),
+                "ig": _enlarge(viz.overlay(a.face, a.ig.signed, signed=True), CROP_DISPLAY),
+            }
+        small, f = _downscale(self.result.photo, DISPLAY_MAX_SIDE)
+        inverse = np.asarray(self.result.aligned.inverse_transform, dtype=np.float64) * f
+        return {
+            "face": self.result.photo_view(),
+            "attention": viz.overlay_on_photo(small, a.attention.cls, inverse),
+            "ig": viz.overlay_on_photo(small, a.ig.signed, inverse, signed=True),
+        }
+
+    def ablation_figure(self):
+        """A matplotlib Figure: the score with both streams, the prior stream alone, the Vim stream alone."""
+        from mdnet import viz
+
+        fig = _figure(5.0, 2.6)
+        viz.plot_ablation(fig.subplots(), self.analysis.ablation, self.analysis.score_range)
+        return fig
+
+    def regions_figure(self):
+        """A matplotlib Figure: share of |IG|, of the class token's attention and of the area per facial region."""
+        from mdnet import viz
+
+        fig = _figure(5.0, 3.6)
+        viz.plot_regions(fig.subplots(), self.analysis.regions)
+        return fig
+
+    def regions_text(self, top: int = 3) -> str:
+        """A sentence naming the regions whose share of |IG| most exceeds their share of the area."""
+        from mdnet.explain import REGION_LABELS
+
+        r = self.analysis.regions
+        ratio = {n: r.ig[n] / r.area[n] for n in r.ig if r.area[n] > 0}
+        best = sorted(ratio, key=ratio.get, reverse=True)[:top]
+        parts = [f"{REGION_LABELS[n]} ({100 * r.ig[n]:.0f}% of |IG| on {100 * r.area[n]:.0f}% of the area)"
+                 for n in best]
+        return "Integrated Gradients weigh most, for their size: " + "; ".join(parts) + "."
+
+    def ablation_text(self) -> str:
+        ab = self.analysis.ablation
+        if ab is None:
+            return self.analysis.ablation_note or "Stream ablation is not available for this model."
+        return (f"Stream ablation (one pass, no mirror averaging): both streams {ab.full:.2f}; the generative-prior "
+                f"stream alone (Vim tokens set to their training mean) {ab.prior_only:.2f}; the Vision-Mamba stream "
+                f"alone (prior features set to their mean) {ab.vim_only:.2f}.")
+
+    def to_json(self, map_size: int = 16) -> dict[str, Any]:
+        out = self.analysis.to_json(map_size=map_size)
+        out.update({k: v for k, v in self.result.to_json().items() if k not in ("seconds",)})
+        out["score"] = round(self.result.score, 4)
+        out["seconds"] = round(self.seconds, 3)
+        return out
+
+
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def analyze_photo(
+    image: Any,
+    face_index: int = 0,
+    steps: int | None = None,
+    progress: Progress | None = None,
+    *,
+    status: ModelStatus | None = None,
+    search: str = "auto",
+) -> PhotoAnalysis:
+    """Score face ``face_index`` of a photo and explain the score (:func:`mdnet.explain.analyze`).
+
+    ``steps``: Integrated Gradients steps (default :data:`mdnet.explain.DEFAULT_STEPS`);
+    ``progress(fraction)`` is called as the analysis advances (0 to 1); ``search`` goes to
+    :func:`mdnet.align.align` (``"thorough"`` finds every face of a group photo). Raises like
+    :func:`score_photo`.
+    """
+    status = status or get_status()
+    model = _require_model(status)
+    steps = _check_steps(steps)
+    start = time.perf_counter()
+    photo, aligned = _align_photo(image, face_index, model, search)
+    return _explain(status, photo, aligned, steps, progress, start)
+
+
+def explain_result(
+    result: PhotoScore, steps: int | None = None, progress: Progress | None = None, *, status: ModelStatus | None = None
+) -> PhotoAnalysis:
+    """The analysis of a face already found by :func:`score_photo` (no second decoding or detection)."""
+    status = status or get_status()
+    _require_model(status)
+    return _explain(status, result.photo, result.aligned, _check_steps(steps), progress, time.perf_counter())
+
+
+def _check_steps(steps: int | None) -> int:
+    from mdnet.explain import DEFAULT_STEPS
+
+    steps = DEFAULT_STEPS if steps is None else int(steps)
+    if not 1 <= steps <= 256:
+        raise ValueError(f"steps must be between 1 and 256, got {steps}")
+    return steps
+
+
+def _explain(
+    status: ModelStatus, photo: np.ndarray, aligned: Any, steps: int, progress: Progress | None, start: float
+) -> PhotoAnalysis:
+    from mdnet import explain
+
+    if progress is not None:
+        progress(0.05)
+
+    def ig_progress(fraction: float) -> None:
+        if progress is not None:
+            progress(0.1 + 0.85 * fraction)
+
+    analysis = explain.analyze(status.model, aligned, steps=steps, progress=ig_progress)
+    result = _result(status, photo, aligned, analysis.score, start)  # the same mirror-averaged score_aligned
+    if progress is not None:
+        progress(1.0)
+    return PhotoAnalysis(result=result, analysis=analysis, seconds=time.perf_counter() - start)
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """PNG bytes of an RGB array, in memory (for callers that want bytes rather than arrays)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# =========================================================================== CLI
+def main(argv: list[str] | None = None) -> None:
+    """``python -m mdnet.service --write-score-distribution LABELS CHECKPOINT_DIR``."""
+    parser = argparse.ArgumentParser(prog="python -m mdnet.service", description="Service utilities.")
+    parser.add_argument("--write-score-distribution", nargs=2, metavar=("LABELS", "CHECKPOINT_DIR"), required=True,
+                        help="write score_distribution.json (quantiles of a SCUT-FBP5500 list file's scores) into "
+                             "a checkpoint folder; the app shows where a score falls among them")
+    args = parser.parse_args(argv)
+    labels, folder = args.write_score_distribution
+    print(f"wrote {write_score_distribution(labels, folder)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,13 +1,37 @@
-"""The app builds over mdnet.service and reports the model's state instead of crashing."""
+"""The app builds over mdnet.service, its handlers turn every problem into a message, and the page says what it must.
+
+The handlers are plain methods (``app.Handlers``), called here without a server or a browser.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import gradio as gr
+import numpy as np
+import pytest
+from test_service import astronaut, make_checkpoint
 
 import app
 from mdnet import service
+
+EXAMPLES = Path(app.__file__).resolve().parent / "assets" / "examples"
+
+
+def payload(path: Path) -> dict:
+    """What an image input hands a handler with ``preprocess=False``: Gradio's file payload."""
+    return {"path": str(path), "orig_name": path.name, "meta": {"_type": "gradio.FileData"}}
+
+
+@pytest.fixture(scope="module")
+def status(tmp_path_factory) -> service.ModelStatus:
+    return service.load_model(make_checkpoint(tmp_path_factory.mktemp("ckpt") / "micro"))
+
+
+@pytest.fixture(scope="module")
+def handlers(status) -> app.Handlers:
+    return app.Handlers(status)
 
 
 def test_missing_checkpoint_is_a_status_not_an_error(tmp_path):
@@ -15,6 +39,12 @@ def test_missing_checkpoint_is_a_status_not_an_error(tmp_path):
     assert not status.ready and "could not be loaded" in status.message
     demo = app.build_demo(status)
     assert isinstance(demo, gr.Blocks)
+    assert "The model is not available" in json.dumps(demo.config, default=str)
+    with pytest.raises(gr.Error) as err:
+        app.Handlers(status).api_score(payload(EXAMPLES / "astronaut.jpg"))
+    assert "could not be loaded" in err.value.message
+    message, *_ = app.Handlers(status).quick(payload(EXAMPLES / "astronaut.jpg"), 0, "crop")
+    assert "could not be loaded" in message
 
 
 def test_a_saved_checkpoint_loads_through_the_service(tmp_path, micro):
@@ -28,3 +58,122 @@ def test_app_talks_only_to_the_service():
     source = Path(app.__file__).read_text()
     imports = [line for line in source.splitlines() if line.startswith(("import ", "from "))]
     assert all("mdnet" not in line or line == "from mdnet import service" for line in imports)
+
+
+# --------------------------------------------------------------------------- the page
+def test_the_page_states_privacy_honesty_limits_and_api(status):
+    demo = app.build_demo(status)
+    text = json.dumps(demo.config, default=str)
+    for words in ("never stored, logged", "Asian and Caucasian adults", "not** an objective measure",
+                  f"at most {service.MAX_UPLOAD_MB} MB", "/score", "/analyze"):
+        assert words in text, words
+    endpoints = demo.get_api_info()["named_endpoints"]
+    assert set(endpoints) == {"/score", "/analyze"}  # the UI's own events stay private
+    assert all(e["description"] for e in endpoints.values())
+    assert demo._queue.default_concurrency_limit == app.CONCURRENCY
+    assert app.launch_kwargs()["max_file_size"] == service.MAX_UPLOAD_BYTES
+
+
+def test_gradio_keeps_its_files_in_memory_when_it_can():
+    if not Path("/dev/shm").is_dir():
+        pytest.skip("no /dev/shm here")
+    memory_backed = app._memory_cache()
+    assert memory_backed is app.os.environ.get("GRADIO_TEMP_DIR", "").startswith("/dev/shm/")
+    assert ("RAM, not disk" in app.privacy_text(memory_backed)) is memory_backed
+
+
+# --------------------------------------------------------------------------- upload handlers
+def test_upload_gives_a_quick_score_then_every_panel(handlers):
+    quick = handlers.new_photo(payload(EXAMPLES / "astronaut.jpg"), "crop")
+    message, dropdown, state, ok, score_md, face, *rest = quick
+    assert ok and isinstance(state, service.PhotoScore) and "Scored" in message
+    assert score_md.startswith("## ") and face.shape == (service.CROP_DISPLAY, service.CROP_DISPLAY, 3)
+    assert dropdown.visible is False  # one face: nothing to choose
+    full = handlers.full(state, "crop", 4, ok, progress=lambda *a, **k: None)
+    message, report, score_md, face, attention, ig, ablation, regions, text, numbers = full
+    assert isinstance(report, service.PhotoAnalysis) and message == ""
+    assert report.result.aligned is state.aligned  # the face the quick step found, not a second detection
+    assert attention.shape == ig.shape == face.shape
+    assert ablation.axes and regions.axes and "alone" in text
+    assert numbers["integrated_gradients"]["n_steps"] == 4
+    # the overlays move to the photo and back without touching the model
+    on_photo = handlers.change_view(report, "photo")
+    assert all(img.shape == (512, 512, 3) for img in on_photo)
+    assert handlers.change_view(report, "crop")[0].shape == face.shape
+    assert all(v is gr.skip() or isinstance(v, dict) for v in handlers.change_view(None, "photo"))
+
+
+def test_several_faces_offer_a_choice(handlers):
+    message, dropdown, state, ok, *_ = handlers.new_photo(payload(EXAMPLES / "two_faces.jpg"), "crop")
+    assert ok and "2 faces were found" in message and "Pick another face" in message
+    assert dropdown.visible is True and [c[1] for c in dropdown.choices] == [0, 1] and dropdown.value == 0
+    message, dropdown, state, ok, *_ = handlers.quick(payload(EXAMPLES / "two_faces.jpg"), 1, "photo")
+    assert ok and state.face_index == 1 and "showing Face 2" in message
+
+
+@pytest.mark.parametrize(
+    ("make", "words"),
+    [
+        (lambda tmp: EXAMPLES / "coffee_no_face.jpg", "No face was found"),
+        (lambda tmp: write(tmp / "notes.txt", b"hello, not a photo"), "not an image"),
+        (lambda tmp: write(tmp / "huge.jpg", b"\xff" * (service.MAX_UPLOAD_BYTES + 1)),
+         f"the limit is {service.MAX_UPLOAD_MB} MB"),
+        (lambda tmp: save(tmp / "small.png", astronaut()[::4, ::4]), "too small"),
+    ],
+)
+def test_bad_uploads_are_messages_on_the_page_and_errors_in_the_api(handlers, tmp_path, make, words):
+    photo = payload(make(tmp_path))
+    message, dropdown, state, ok, *panel = handlers.new_photo(photo, "crop")
+    assert words in message and not ok and state is None and panel[0] == "" and panel[1] is None
+    full = handlers.full(state, "crop", 16, ok)
+    assert all(v is gr.skip() or isinstance(v, dict) for v in full)  # nothing more to do
+    with pytest.raises(gr.Error) as err:
+        handlers.api_score(photo)
+    assert words in err.value.message and "Traceback" not in err.value.message
+    with pytest.raises(gr.Error):
+        handlers.api_analyze(photo, 0, 2, "crop")
+
+
+def test_clearing_the_photo_clears_the_page(handlers):
+    message, dropdown, state, ok, *panel = handlers.new_photo(None, "crop")
+    assert message == "" and state is None and not ok and panel[0] == "" and panel[1] is None
+
+
+# --------------------------------------------------------------------------- webcam handlers
+def test_live_scoring_and_freezing_a_frame(handlers):
+    frame = astronaut()
+    overlay, text, kept = handlers.live(frame)
+    assert "Live score" in text and overlay.shape[2] == 3 and kept is frame
+    overlay, text, kept = handlers.live(np.full((240, 320, 3), 90, np.uint8))
+    assert "No face was found" in text and overlay.shape == (240, 320, 3)
+    assert all(v is gr.skip() or isinstance(v, dict) for v in handlers.live(None))
+    message, report, *panel = handlers.freeze(None, "crop", 16)
+    assert "Start the camera" in message and report is None
+    message, report, score_md, face, attention, ig, *_ = handlers.freeze(frame, "crop", 4,
+                                                                          progress=lambda *a, **k: None)
+    assert isinstance(report, service.PhotoAnalysis) and ig.shape == face.shape
+
+
+def test_step_counts_from_the_page_or_the_api_are_clamped():
+    assert (app._steps(0), app._steps(1000), app._steps("x"), app._steps(None), app._steps(8.0)) == (1, 256, 16, 16, 8)
+
+
+def test_the_api_handlers_return_json_and_images(handlers):
+    result = handlers.api_score(payload(EXAMPLES / "two_faces.jpg"), 1)
+    assert result["face_index"] == 1 and result["faces_found"] == 2 and 0 <= result["percentile"] <= 100
+    numbers, face, attention, ig = handlers.api_analyze(payload(EXAMPLES / "astronaut.jpg"), 0, 2, "photo")
+    assert numbers["integrated_gradients"]["n_steps"] == 2 and face.shape == attention.shape == ig.shape
+    json.dumps(numbers)
+
+
+# --------------------------------------------------------------------------- helpers
+def write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def save(path: Path, rgb: np.ndarray) -> Path:
+    from PIL import Image
+
+    Image.fromarray(np.ascontiguousarray(rgb)).save(path)
+    return path

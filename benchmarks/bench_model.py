@@ -1,7 +1,9 @@
 """MD-Net forward latency per face on this machine, with the cost of each stream.
 
-Builds the preset (random weights: latency does not depend on the values),
-then times the whole forward and its parts at each batch size, interleaved.
+Builds the preset (random weights: latency does not depend on the values) or
+loads ``--checkpoint``, then times the whole forward and its parts at each batch
+size, interleaved. One forward per face; the app and ``mdnet.evaluate`` also
+score the mirror image (twice this).
 """
 
 from __future__ import annotations
@@ -21,9 +23,14 @@ def main() -> None:
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--checkpoint", default=None, help="time this checkpoint instead of a fresh preset")
     args = parser.parse_args()
     torch.manual_seed(0)
-    model = MDNet(get_config(args.preset)).eval().to(args.device)
+    if args.checkpoint:
+        model = MDNet.from_pretrained(args.checkpoint, device=args.device)
+        args.preset = f"{model.cfg.name}' from '{args.checkpoint}"
+    else:
+        model = MDNet(get_config(args.preset)).eval().to(args.device)
     size = model.cfg.preprocess.image_size
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
 

@@ -6,7 +6,7 @@ the checkpoint's ``config.json``), so a checkpoint alone rebuilds its model.
 Presets (see :func:`get_config`):
 
 - ``tiny``: the CPU model the app ships (a miniature latent-diffusion prior
-  built from a config dict; a 192-wide, 4-block Vim on a MobileNetV2 stem).
+  built from a config dict; a 192-wide, 2-block Vim on a MobileNetV2 stem).
 - ``paper``: the published setting (Stable Diffusion 1.5 U-Net + VAE by hub id,
   Vim-small). Needs internet once and, in practice, a GPU.
 - ``micro``: a very small model for tests and smoke runs.
@@ -196,7 +196,7 @@ PRESETS = {
     "tiny": lambda: MDNetConfig(
         name="tiny",
         prior=_tiny_prior(),
-        vim=VimConfig(stem="mobilenet_v2", embed_dim=192, depth=4),
+        vim=VimConfig(stem="mobilenet_v2", embed_dim=192, depth=2),
         fusion=FusionConfig(dim=192, heads=4, layers=2),
     ),
     "paper": lambda: MDNetConfig(

@@ -12,8 +12,9 @@ on the aligned training faces (the same crops MD-Net sees):
    schedule, conditioned on a fixed all-zero "empty prompt".
 
 Writes ``OUTPUT/vae``, ``OUTPUT/unet`` (diffusers folders), ``OUTPUT/losses.json``,
-``OUTPUT/losses.png`` and ``OUTPUT/samples.png`` (faces drawn from noise by the
-trained model, DDIM 50 steps)::
+``OUTPUT/losses.png``, ``OUTPUT/samples.png`` (faces drawn from noise by the
+trained model, DDIM 50 steps) and ``OUTPUT/reconstructions.png`` (training faces
+above their VAE reconstructions: dataset images, so keep it out of any repository)::
 
     python -m mdnet.pretrain_prior --data-root ../shared/data/scut-fbp5500 --output runs/prior
 """

@@ -128,6 +128,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--stem-lr", type=float, default=3e-4, help="peak learning rate of the pretrained stem")
     parser.add_argument("--weight-decay", type=float, default=0.05)
     parser.add_argument("--max-shift", type=int, default=8)
+    parser.add_argument("--freeze-stem-layers", type=int, default=4,
+                        help="keep the first K pretrained stem layers fixed (generic edges and colours; saves their "
+                             "backward pass)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", default="cache")
     parser.add_argument("--output", default="runs/train")
@@ -144,6 +147,8 @@ def main(argv: list[str] | None = None) -> dict:
     ds = ScutFBP5500(args.data_root)
     train, val = stratified_split(ds.split(args.split), args.val_fraction, args.seed)
     model = build_model(args.preset, args.prior, args.stem_weights).to(accelerator.device)
+    if model.cfg.vim.stem == "mobilenet_v2" and args.freeze_stem_layers:
+        model.vim.patch_embed[0][: args.freeze_stem_layers].requires_grad_(False)
     size = model.cfg.preprocess.image_size
     faces_tr, bad_tr = aligned_faces(train, size, args.cache)
     faces_va, bad_va = aligned_faces(val, size, args.cache)

@@ -5,7 +5,7 @@ Run ``python app.py``; it serves on 127.0.0.1:7860 (``GRADIO_SERVER_NAME`` and
 talks to :mod:`mdnet.service`; the handlers are plain methods of :class:`Handlers`, so tests
 call them without a browser.
 
-Two documented API endpoints (see ``docs/app.md``): ``/score`` (photo, face_index) -> JSON,
+Two documented API endpoints (see README.md, "API"): ``/score`` (photo, face_index) -> JSON,
 and ``/analyze`` (photo, face_index, steps, view) -> JSON + aligned face + attention + IG.
 User errors come back from both as ``gradio.Error`` with a plain-language message.
 """

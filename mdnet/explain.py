@@ -70,7 +70,7 @@ __all__ = [
 # steps: 16 keep the whole analysis of one photo with the `tiny` preset within the 5 s CPU
 # budget. The completeness error at 16 steps: ~1e-4 of |f(x) - f(baseline)| for a random
 # `tiny` model, ~1e-3 score units (0.1 of the small gap) for one trained briefly on a
-# synthetic target, whose path is rougher (docs/explain.md has the measurements; the delta
+# synthetic target, whose path is rougher (README.md, "Speed", has the measurements; the delta
 # is reported with every result). The steps run in chunks of DEFAULT_INTERNAL_BATCH, which
 # costs about the same as one batch on the CPU and lets the progress callback report.
 DEFAULT_STEPS = 16

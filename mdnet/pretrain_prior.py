@@ -45,22 +45,24 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
 
 
-def train_vae(vae: AutoencoderKL, faces: torch.Tensor, steps: int, batch_size: int, lr: float,
-              kl_weight: float, gen: torch.Generator) -> list[float]:
-    """faces: (n, 3, s, s) in [-1, 1]. Returns the per-step loss."""
-    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
-    vae.train()
+def _fit(name: str, params, steps: int, lr: float, weight_decay: float, pct_start: float, n: int,
+         batch_size: int, gen: torch.Generator, loss_fn, clip: float | None = None) -> list[float]:
+    """AdamW with a one-cycle schedule for ``steps`` steps over shuffled batches of ``n`` items.
+
+    ``loss_fn(indices)`` returns the batch loss. Returns the per-step loss.
+    """
+    params = list(params)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=pct_start)
     losses: list[float] = []
-    bar = tqdm(total=steps, desc="VAE")
+    bar = tqdm(total=steps, desc=name)
     while len(losses) < steps:
-        for idx in _batches(len(faces), batch_size, gen):
-            x = _augment(faces[idx], gen)
-            posterior = vae.encode(x).latent_dist
-            recon = vae.decode(posterior.sample(generator=None)).sample
-            loss = F.l1_loss(recon, x) + kl_weight * posterior.kl().mean()
+        for idx in _batches(n, batch_size, gen):
+            loss = loss_fn(idx)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if clip is not None:
+                torch.nn.utils.clip_grad_norm_(params, clip)
             opt.step()
             sched.step()
             losses.append(loss.item())
@@ -69,6 +71,21 @@ def train_vae(vae: AutoencoderKL, faces: torch.Tensor, steps: int, batch_size: i
             if len(losses) == steps:
                 break
     bar.close()
+    return losses
+
+
+def train_vae(vae: AutoencoderKL, faces: torch.Tensor, steps: int, batch_size: int, lr: float,
+              kl_weight: float, gen: torch.Generator) -> list[float]:
+    """faces: (n, 3, s, s) in [-1, 1]. Returns the per-step loss."""
+
+    def loss_fn(idx):
+        x = _augment(faces[idx], gen)
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample(generator=None)).sample
+        return F.l1_loss(recon, x) + kl_weight * posterior.kl().mean()
+
+    vae.train()
+    losses = _fit("VAE", vae.parameters(), steps, lr, 0.0, 0.1, len(faces), batch_size, gen, loss_fn)
     vae.eval()
     return losses
 
@@ -87,29 +104,17 @@ def train_unet(unet: UNet2DConditionModel, latents: torch.Tensor, context: torch
                batch_size: int, lr: float, gen: torch.Generator) -> list[float]:
     """DDPM epsilon-prediction on scaled latents (n, c, h, w). Returns the per-step loss."""
     noise_sched = DDPMScheduler(**get_config("tiny").prior.scheduler)
-    opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=1e-2)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
+
+    def loss_fn(idx):
+        x0 = latents[idx]
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(idx),), generator=gen)
+        pred = unet(noise_sched.add_noise(x0, noise, t), t, encoder_hidden_states=context.expand(len(idx), -1, -1))
+        return F.mse_loss(pred.sample, noise)
+
     unet.train()
-    losses: list[float] = []
-    bar = tqdm(total=steps, desc="U-Net")
-    while len(losses) < steps:
-        for idx in _batches(len(latents), batch_size, gen):
-            x0 = latents[idx]
-            noise = torch.randn(x0.shape, generator=gen)
-            t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(idx),), generator=gen)
-            pred = unet(noise_sched.add_noise(x0, noise, t), t, encoder_hidden_states=context.expand(len(idx), -1, -1))
-            loss = F.mse_loss(pred.sample, noise)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            losses.append(loss.item())
-            bar.update()
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-            if len(losses) == steps:
-                break
-    bar.close()
+    losses = _fit("U-Net", unet.parameters(), steps, lr, 1e-2, 0.05, len(latents), batch_size, gen, loss_fn,
+                  clip=1.0)
     unet.eval()
     return losses
 

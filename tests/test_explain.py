@@ -30,7 +30,7 @@ from mdnet.service import DEFAULT_CHECKPOINT, score_aligned
 # <= 7e-5 * |gap| (trained), |delta| <= 1e-6. A trained tiny model is much rougher along the path
 # (probably the ReLU6 kinks of its MobileNetV2 stem): on the astronaut, a tiny model trained
 # 80 steps on a synthetic target gives |delta| = 7e-4 = 0.11 * |gap| at 16 steps (4e-4 at 32), and
-# with a re-randomised head 0.045 = 0.35 * |gap| (still 0.33 at 64 steps). See docs/explain.md.
+# with a re-randomised head 0.045 = 0.35 * |gap| (still 0.33 at 64 steps). See README.md, "Speed".
 COMPLETENESS_REL = 0.02
 COMPLETENESS_ABS = 1e-5
 TINY_COMPLETENESS_REL = 0.25  # for the shipped checkpoint (tiny); re-measure with bench_explain --completeness

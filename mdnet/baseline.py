@@ -64,7 +64,7 @@ def load_images(samples: list[Sample], size: int = 240) -> torch.Tensor:
     out = torch.empty(len(samples), 3, size, size, dtype=torch.uint8)
     for i, s in enumerate(tqdm(samples, desc="loading images", leave=False)):
         with Image.open(s.path) as im:
-            arr = np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR))
+            arr = np.array(im.convert("RGB").resize((size, size), Image.BILINEAR))
         out[i] = torch.from_numpy(arr).permute(2, 0, 1)
     return out
 

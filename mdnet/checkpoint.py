@@ -40,6 +40,13 @@ WEIGHTS_NAME = "model.safetensors"
 FORMAT = "mdnet"
 FORMAT_VERSION = 1
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# The checkpoint this repository ships (trained by this project; see its model card).
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "default"
+
+
+def default_device() -> torch.device:
+    """The GPU when there is one, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 class CheckpointError(RuntimeError):

@@ -16,9 +16,10 @@ import argparse
 import json
 from pathlib import Path
 
+from mdnet.checkpoint import DEFAULT_CHECKPOINT, default_device
 from mdnet.data import Sample, ScutFBP5500, aligned_faces, stratified_split
 from mdnet.metrics import format_table, report
-from mdnet.service import DEFAULT_CHECKPOINT, default_device, score_aligned
+from mdnet.model import score_aligned
 
 
 def resolve_split(ds: ScutFBP5500, split: str, val_fraction: float = 0.1, seed: int = 0) -> list[Sample]:

@@ -612,7 +612,7 @@ def analyze(
     ``internal_batch_size`` go to :func:`integrated_gradients`; ``progress(fraction)``
     reports its progress (the slow part, about 90 % of the time).
     """
-    from mdnet.service import score_aligned
+    from mdnet.model import score_aligned
 
     if isinstance(aligned, AlignedFace):
         face, keypoints, record = aligned.image, aligned.crop_keypoints, aligned
@@ -675,8 +675,7 @@ def main(argv: list[str] | None = None) -> Analysis:
     from tqdm import tqdm
 
     from mdnet.align import AlignError, align, load_rgb
-    from mdnet.checkpoint import CheckpointError, load_checkpoint
-    from mdnet.service import DEFAULT_CHECKPOINT, default_device
+    from mdnet.checkpoint import DEFAULT_CHECKPOINT, CheckpointError, default_device, load_checkpoint
 
     parser = argparse.ArgumentParser(
         prog="python -m mdnet.explain",

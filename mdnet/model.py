@@ -180,3 +180,22 @@ class MDNet(nn.Module):
         from mdnet.checkpoint import load_checkpoint
 
         return load_checkpoint(path_or_hub_id, device=device)
+
+
+@torch.no_grad()
+def score_aligned(
+    model: MDNet, faces: torch.Tensor, tta: bool = True, batch_size: int = 32, mode: str = "full"
+) -> torch.Tensor:
+    """Scores of aligned faces, uint8 (n, 3, s, s): the one scoring path of evaluation, the CLIs and the app.
+
+    ``tta`` averages each face with its mirror image (as the model was trained on both).
+    """
+    model.eval()
+    scores = []
+    for i in range(0, len(faces), batch_size):
+        x = model.preprocess(faces[i : i + batch_size])
+        s = model(x, mode=mode).score
+        if tta:
+            s = (s + model(x.flip(-1), mode=mode).score) / 2
+        scores.append(s.float().cpu())
+    return torch.cat(scores) if scores else torch.empty(0)

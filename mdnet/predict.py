@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from mdnet.service import DEFAULT_CHECKPOINT, default_device, score_aligned
+from mdnet.checkpoint import DEFAULT_CHECKPOINT, default_device
+from mdnet.model import score_aligned
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 

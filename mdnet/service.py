@@ -35,10 +35,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from mdnet.checkpoint import CheckpointError, load_checkpoint
-from mdnet.model import MDNet
+from mdnet.checkpoint import DEFAULT_CHECKPOINT, CheckpointError, default_device, load_checkpoint
+from mdnet.model import MDNet, score_aligned
 
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "default"
 # Uploads larger than this are refused (the app also gives it to Gradio's ``max_file_size``).
 MAX_UPLOAD_MB = 15
 MAX_UPLOAD_BYTES = MAX_UPLOAD_MB * 1024 * 1024
@@ -51,11 +50,6 @@ _SCUT_DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "scut-
 _TRAIN_LIST = Path("train_test_files") / "split_of_60%training and 40%testing" / "train.txt"
 
 Progress = Callable[[float], object]
-
-
-def default_device() -> torch.device:
-    """The GPU when there is one, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @dataclass
@@ -83,25 +77,6 @@ def load_model(checkpoint: str | os.PathLike | None = None) -> ModelStatus:
     except CheckpointError as err:
         return ModelStatus(None, source, f"The model could not be loaded: {err}")
     return ModelStatus(model, source, f"Model '{model.cfg.name}' loaded from {source} on {default_device()}.")
-
-
-@torch.no_grad()
-def score_aligned(
-    model: MDNet, faces: torch.Tensor, tta: bool = True, batch_size: int = 32, mode: str = "full"
-) -> torch.Tensor:
-    """Scores of aligned faces, uint8 (n, 3, s, s): the one scoring path of evaluation, CLI and app.
-
-    ``tta`` averages each face with its mirror image (as the model was trained on both).
-    """
-    model.eval()
-    scores = []
-    for i in range(0, len(faces), batch_size):
-        x = model.preprocess(faces[i : i + batch_size])
-        s = model(x, mode=mode).score
-        if tta:
-            s = (s + model(x.flip(-1), mode=mode).score) / 2
-        scores.append(s.float().cpu())
-    return torch.cat(scores) if scores else torch.empty(0)
 
 
 # =========================================================================== the shared model

@@ -184,18 +184,31 @@ class MDNet(nn.Module):
 
 @torch.no_grad()
 def score_aligned(
-    model: MDNet, faces: torch.Tensor, tta: bool = True, batch_size: int = 32, mode: str = "full"
+    model: MDNet,
+    faces: torch.Tensor,
+    tta: bool = True,
+    batch_size: int = 32,
+    mode: str = "full",
+    prior_features: dict[bool, list[torch.Tensor]] | None = None,
 ) -> torch.Tensor:
     """Scores of aligned faces, uint8 (n, 3, s, s): the one scoring path of evaluation, the CLIs and the app.
 
     ``tta`` averages each face with its mirror image (as the model was trained on both).
+    ``prior_features`` reuses cached prior features of these faces, ``{False: [(n, c_i, h_i, w_i)
+    per scale], True: the same for the mirror images}`` (training validates with them).
     """
     model.eval()
+
+    def cached(mirrored: bool, start: int) -> list[torch.Tensor] | None:
+        if prior_features is None:
+            return None
+        return [f[start : start + batch_size].float().to(model.pixel_mean.device) for f in prior_features[mirrored]]
+
     scores = []
     for i in range(0, len(faces), batch_size):
         x = model.preprocess(faces[i : i + batch_size])
-        s = model(x, mode=mode).score
+        s = model(x, mode=mode, prior_features=cached(False, i)).score
         if tta:
-            s = (s + model(x.flip(-1), mode=mode).score) / 2
+            s = (s + model(x.flip(-1), mode=mode, prior_features=cached(True, i)).score) / 2
         scores.append(s.float().cpu())
     return torch.cat(scores) if scores else torch.empty(0)

@@ -33,7 +33,7 @@ from mdnet.checkpoint import save_checkpoint
 from mdnet.config import get_config
 from mdnet.data import ScutFBP5500, aligned_faces, stratified_split
 from mdnet.metrics import format_table, report
-from mdnet.model import MDNet
+from mdnet.model import MDNet, score_aligned
 from mdnet.prior import DiffusionPrior
 from mdnet.vim import load_mobilenet_v2_stem
 
@@ -79,19 +79,6 @@ def shift_augment(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torc
         dy, dx = torch.randint(0, 2 * max_shift + 1, (2,), generator=gen).tolist()
         out[i] = padded[i, :, dy : dy + size, dx : dx + size]
     return out
-
-
-@torch.no_grad()
-def evaluate_cached(model: MDNet, faces, feats, mode: str = "full", batch: int = 64) -> torch.Tensor:
-    """Flip-averaged scores with cached prior features (same as service.score_aligned, faster)."""
-    model.eval()
-    scores = []
-    for i in range(0, len(faces), batch):
-        x = model.preprocess(faces[i : i + batch])
-        a = model(x, mode=mode, prior_features=[f[i : i + batch].float() for f in feats[False]]).score
-        b = model(x.flip(-1), mode=mode, prior_features=[f[i : i + batch].float() for f in feats[True]]).score
-        scores.append(((a + b) / 2).cpu())
-    return torch.cat(scores)
 
 
 def plot_history(history: list[dict], path: Path) -> None:
@@ -207,7 +194,7 @@ def main(argv: list[str] | None = None) -> dict:
             losses.append(loss.item())
             bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}")
         minutes = (time.time() - start) / 60
-        pred = evaluate_cached(raw, faces_va, feats_va)
+        pred = score_aligned(raw, faces_va, batch_size=64, prior_features=feats_va)
         metrics = report(pred.tolist(), [s.score for s in val], [s.group for s in val])
         history.append({"epoch": epoch + 1, "train_loss": sum(losses) / len(losses), "val_pc": metrics["pc"],
                         "val_mae": metrics["mae"], "val_rmse": metrics["rmse"], "minutes": minutes})
@@ -227,7 +214,7 @@ def main(argv: list[str] | None = None) -> dict:
     raw.calibrate_references(raw.preprocess(faces_tr[i : i + 64]) for i in range(0, len(faces_tr), 64))
     results = {}
     for mode in ("full", "prior_only", "vim_only"):
-        pred = evaluate_cached(raw, faces_va, feats_va, mode=mode)
+        pred = score_aligned(raw, faces_va, batch_size=64, mode=mode, prior_features=feats_va)
         results[mode] = report(pred.tolist(), [s.score for s in val], [s.group for s in val])
     accelerator.print(format_table(results["full"]))
     summary = {

@@ -101,3 +101,17 @@ def test_presets_build():
     assert isinstance(MDNet("micro"), MDNet)
     tiny = build_model("tiny")
     assert tiny.vim.num_patches == 196 and tiny.cfg.preprocess.image_size == 224
+
+
+def test_scoring_with_cached_prior_features_matches_recomputing_them(micro):
+    from mdnet.model import score_aligned
+
+    faces_u8 = (torch.rand(5, 3, 64, 64) * 255).to(torch.uint8)
+    with torch.no_grad():
+        x = micro.preprocess(faces_u8)
+        cache = {m: [f.half() for f in micro.prior_features(x.flip(-1) if m else x)] for m in (False, True)}
+    plain = score_aligned(micro, faces_u8, batch_size=2)
+    cached = score_aligned(micro, faces_u8, batch_size=2, prior_features=cache)
+    assert plain.shape == (5,)
+    assert torch.allclose(plain, cached, atol=2e-3)          # float16 storage of the cache
+    assert not torch.equal(plain, score_aligned(micro, faces_u8, tta=False))

@@ -8,13 +8,12 @@ concurrent requests, and a server that keeps answering after bad input.
 
 from __future__ import annotations
 
-import socket
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from gradio_client import Client, handle_file
-from test_service import make_checkpoint
+from test_service import running_app
 
 import app
 from mdnet import service
@@ -22,20 +21,10 @@ from mdnet import service
 EXAMPLES = Path(app.__file__).resolve().parent / "assets" / "examples"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    status = service.load_model(make_checkpoint(tmp_path_factory.mktemp("ckpt") / "micro"))
-    demo = app.build_demo(status)
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
-                            **app.launch_kwargs())
-    yield url
-    demo.close()
+    with running_app(tmp_path_factory.mktemp("ckpt") / "micro") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

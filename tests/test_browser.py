@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
-from test_service import astronaut, make_checkpoint
+from test_service import astronaut, running_app
 
 import app
-from mdnet import service
 
 ROOT = Path(app.__file__).resolve().parent
 EXAMPLES = ROOT / "assets" / "examples"
@@ -62,12 +60,6 @@ def write_face_video(path: Path, frames: int = 12, width: int = 640, height: int
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
     try:
@@ -88,12 +80,8 @@ def browser(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def url(tmp_path_factory, browser):
-    status = service.load_model(make_checkpoint(tmp_path_factory.mktemp("ckpt") / "micro"))
-    demo = app.build_demo(status)
-    _, local_url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True,
-                                  quiet=True, **app.launch_kwargs())
-    yield local_url
-    demo.close()
+    with running_app(tmp_path_factory.mktemp("ckpt") / "micro") as local_url:
+        yield local_url
 
 
 @pytest.fixture

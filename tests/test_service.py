@@ -6,9 +6,12 @@ Runs a calibrated ``micro`` checkpoint (64 px crops) on public-domain photos bui
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -36,6 +39,23 @@ def make_checkpoint(folder: Path) -> Path:
     labels.write_text("".join(f"AF{i}.jpg {s}\n" for i, s in enumerate(REFERENCE_SCORES, 1)))
     service.write_score_distribution(labels, folder)
     return folder
+
+
+@contextlib.contextmanager
+def running_app(folder: Path) -> Iterator[str]:
+    """``python app.py`` in this process on a free local port, over a micro checkpoint saved in ``folder``: its URL."""
+    import app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo = app.build_demo(service.load_model(make_checkpoint(folder)))
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                            **app.launch_kwargs())
+    try:
+        yield url
+    finally:
+        demo.close()
 
 
 def astronaut() -> np.ndarray:

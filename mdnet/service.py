@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from mdnet.checkpoint import DEFAULT_CHECKPOINT, CheckpointError, default_device, load_checkpoint
+from mdnet.data import SPLIT_6040
 from mdnet.model import MDNet, score_aligned
 
 # Uploads larger than this are refused (the app also gives it to Gradio's ``max_file_size``).
@@ -47,7 +48,7 @@ LIVE_MAX_SIDE = 640
 CROP_DISPLAY = 384  # aligned crops are shown enlarged to this side
 SCORE_DISTRIBUTION_NAME = "score_distribution.json"
 _SCUT_DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "scut-fbp5500"
-_TRAIN_LIST = Path("train_test_files") / "split_of_60%training and 40%testing" / "train.txt"
+_TRAIN_LIST = Path("train_test_files") / SPLIT_6040 / "train.txt"
 
 Progress = Callable[[float], object]
 

@@ -2,7 +2,7 @@
 
 Reports, as markdown tables:
 
-* detection rate of :func:`mdnet.align.align` (target >= 99.5 %);
+* detection rate of :func:`mdnet.faces.align` (target >= 99.5 %);
 * eye error: the dataset's own eye centres (mean of each eye's 8 contour points in
   ``facial landmark/NAME.pts``: indices 42-49 = eye on the image left, 50-57 = eye on
   the image right; 58 / 59 are the pupils) against (a) the detector's eye keypoints
@@ -12,7 +12,7 @@ Reports, as markdown tables:
   canvas must align to nearly the same crop: mean absolute pixel difference, SSIM
   and the shift of the dataset eye centres in the crop, against the unperturbed crop;
 * ``--derive-template``: the mean detected keypoints (fractions of the 350x350
-  frame) to paste into ``mdnet/align.py`` as ``TEMPLATE``.
+  frame) to paste into ``mdnet/faces/transform.py`` as ``TEMPLATE``.
 
 Usage::
 
@@ -32,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mdnet import align as A  # noqa: E402
+from mdnet import faces as A  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "scut-fbp5500"
 

@@ -29,7 +29,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mdnet import align as A  # noqa: E402
+from mdnet import faces as A  # noqa: E402
 
 
 def make_photo(width: int, height: int, face_frac: float) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Time of the full explanation of one photo on this machine, and the IG completeness error per step count.
 
-The full analysis is what the app's "explain" button and ``python -m mdnet.explain``
+The full analysis is what the app's "explain" button and ``mdnet explain``
 run: alignment + score (mirror-averaged) + attention maps + stream ablation +
 Integrated Gradients at the default steps + the region summary
 (:func:`mdnet.explain.analyze`); drawing the report figure is timed separately. The
@@ -36,16 +36,16 @@ from timing import header, measure
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mdnet import explain as E  # noqa: E402
-from mdnet.align import align  # noqa: E402
-from mdnet.config import get_config  # noqa: E402
-from mdnet.model import MDNet  # noqa: E402
+from mdnet.faces import align  # noqa: E402
+from mdnet.models.config import get_config  # noqa: E402
+from mdnet.models.mdnet import MDNet  # noqa: E402
 from mdnet.service import DEFAULT_CHECKPOINT, default_device  # noqa: E402
 
 
 def load(args) -> tuple[MDNet, str]:
     path = args.checkpoint or (DEFAULT_CHECKPOINT if (DEFAULT_CHECKPOINT / "config.json").is_file() else None)
     if path is not None:
-        from mdnet.checkpoint import load_checkpoint
+        from mdnet.models.checkpoint import load_checkpoint
 
         return load_checkpoint(path, device=args.device), f"checkpoint {path}"
     torch.manual_seed(0)
@@ -87,7 +87,7 @@ def main() -> None:
         cpu_seconds.append(time.process_time() - cpu)
 
     def figure() -> None:
-        from mdnet import viz
+        from mdnet.explain import viz
 
         viz.figure_to_array(viz.report_figure(runs[-1], photo))
 

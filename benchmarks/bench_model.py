@@ -2,7 +2,7 @@
 
 Builds the preset (random weights: latency does not depend on the values) or
 loads ``--checkpoint``, then times the whole forward and its parts at each batch
-size, interleaved. One forward per face; the app and ``mdnet.evaluate`` also
+size, interleaved. One forward per face; the app and ``mdnet evaluate`` also
 score the mirror image (twice this).
 """
 
@@ -13,8 +13,8 @@ import argparse
 import torch
 from timing import header, measure, ms
 
-from mdnet.config import get_config
-from mdnet.model import MDNet
+from mdnet.models.config import get_config
+from mdnet.models.mdnet import MDNet
 
 
 def main() -> None:

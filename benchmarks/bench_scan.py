@@ -12,7 +12,7 @@ import argparse
 import torch
 from timing import header, measure, ms
 
-from mdnet.ssm import selective_scan_chunked, selective_scan_ref
+from mdnet.models.ssm import selective_scan_chunked, selective_scan_ref
 
 
 def inputs(batch: int, dim: int, length: int, nstate: int, grad: bool = False) -> dict[str, torch.Tensor]:

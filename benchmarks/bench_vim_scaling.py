@@ -16,8 +16,8 @@ import torch
 from timing import header, measure, ms
 from torch import nn
 
-from mdnet.config import VimConfig
-from mdnet.vim import VisionMamba
+from mdnet.models.config import VimConfig
+from mdnet.models.vim import VisionMamba
 
 
 class ViT(nn.Module):

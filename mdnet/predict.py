@@ -1,6 +1,6 @@
 """Score photos: every image file given, or every image in a folder given.
 
-    python -m mdnet.predict photo.jpg more_photos/ [--checkpoint PATH] [--output scores.csv|scores.json]
+    mdnet predict photo.jpg more_photos/ [--checkpoint PATH] [--output scores.csv|scores.json]
 
 Each photo is aligned (largest face) and scored like in the app. A photo that
 cannot be scored gets an error message in the ``error`` column instead of a
@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from mdnet.checkpoint import DEFAULT_CHECKPOINT, default_device
-from mdnet.model import score_aligned
+from mdnet.models.checkpoint import DEFAULT_CHECKPOINT, default_device
+from mdnet.models.mdnet import score_aligned
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -36,7 +36,7 @@ def collect(paths: list[str]) -> list[Path]:
 
 
 def predict(files: list[Path], model) -> list[dict]:
-    from mdnet.align import AlignError, align
+    from mdnet.faces import AlignError, align
 
     rows = []
     for f in tqdm(files, desc="scoring", disable=len(files) < 2):
@@ -53,13 +53,15 @@ def predict(files: list[Path], model) -> list[dict]:
     return rows
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None, prog: str | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("paths", nargs="+", help="image files or folders")
     parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     parser.add_argument("--output", default=None, help=".csv or .json; printed as CSV when omitted")
     args = parser.parse_args(argv)
-    from mdnet.checkpoint import CheckpointError, load_checkpoint
+    from mdnet.models.checkpoint import CheckpointError, load_checkpoint
 
     try:
         model = load_checkpoint(args.checkpoint, device=default_device())
@@ -76,7 +78,3 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if args.output:
             handle.close()
     return rows
-
-
-if __name__ == "__main__":
-    main()

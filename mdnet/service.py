@@ -7,23 +7,17 @@
     report.views("crop" | "photo")                         # the overlays, ready to show
     friendly_error(exc)                                    # any error a user can cause -> one plain sentence
 
-``photo`` is anything :func:`mdnet.align.load_rgb` accepts (a path, bytes, a file object, a
+``photo`` is anything :func:`mdnet.faces.load_rgb` accepts (a path, bytes, a file object, a
 PIL image, an RGB array). Photos are processed in memory only: nothing here writes them to
 disk or logs them. Uploads above :data:`MAX_UPLOAD_MB` are refused before decoding.
 
-Where a score falls among the training faces (:class:`ScoreReference`) comes from
-``score_distribution.json`` beside the checkpoint (``python -m mdnet.service
---write-score-distribution LABELS CHECKPOINT_DIR`` writes it from a SCUT-FBP5500 list file),
-else from ``metadata.score_quantiles`` in its ``config.json``, else from the SCUT-FBP5500
-training list when the dataset is on this machine (``$MDNET_SCUT_DIR``); without any of
-them the app shows the score alone.
+Where a score falls among the training faces comes from :mod:`mdnet.percentiles`; every error
+a user can cause becomes one plain sentence in :mod:`mdnet.errors` (both re-exported here).
 """
 
 from __future__ import annotations
 
-import argparse
 import io
-import json
 import os
 import threading
 import time
@@ -35,20 +29,57 @@ from typing import Any
 import numpy as np
 import torch
 
-from mdnet.checkpoint import DEFAULT_CHECKPOINT, CheckpointError, default_device, load_checkpoint
-from mdnet.data import SPLIT_6040
-from mdnet.model import MDNet, score_aligned
+from mdnet.errors import (  # re-exported: the app and API clients of the service use these names
+    MAX_UPLOAD_BYTES,
+    MAX_UPLOAD_MB,
+    ModelUnavailableError,
+    ServiceError,
+    UploadTooLargeError,
+    describe_error,
+    friendly_error,
+    is_user_error,
+)
+from mdnet.models.checkpoint import DEFAULT_CHECKPOINT, CheckpointError, default_device, load_checkpoint
+from mdnet.models.mdnet import MDNet, score_aligned
+from mdnet.percentiles import (  # re-exported, as above
+    SCORE_DISTRIBUTION_NAME,
+    ScoreReference,
+    reference_for,
+    write_score_distribution,
+)
 
-# Uploads larger than this are refused (the app also gives it to Gradio's ``max_file_size``).
-MAX_UPLOAD_MB = 15
-MAX_UPLOAD_BYTES = MAX_UPLOAD_MB * 1024 * 1024
+__all__ = [
+    "MAX_UPLOAD_BYTES",
+    "MAX_UPLOAD_MB",
+    "SCORE_DISTRIBUTION_NAME",
+    "VIEWS",
+    "ModelStatus",
+    "ModelUnavailableError",
+    "PhotoAnalysis",
+    "PhotoScore",
+    "ScoreReference",
+    "ServiceError",
+    "UploadTooLargeError",
+    "analyze_photo",
+    "describe_error",
+    "explain_result",
+    "face_label",
+    "friendly_error",
+    "get_status",
+    "is_user_error",
+    "load_model",
+    "read_photo",
+    "score_photo",
+    "score_reference",
+    "set_status",
+    "thumbnail",
+    "write_score_distribution",
+]
+
 # Photos are shown (and drawn on) at most this many pixels on their longest side.
 DISPLAY_MAX_SIDE = 1024
 LIVE_MAX_SIDE = 640
 CROP_DISPLAY = 384  # aligned crops are shown enlarged to this side
-SCORE_DISTRIBUTION_NAME = "score_distribution.json"
-_SCUT_DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "scut-fbp5500"
-_TRAIN_LIST = Path("train_test_files") / SPLIT_6040 / "train.txt"
 
 Progress = Callable[[float], object]
 
@@ -101,173 +132,19 @@ def set_status(status: ModelStatus | None) -> None:
         _STATUS = status
 
 
-# =========================================================================== errors
-class ServiceError(Exception):
-    """A problem a user can cause or must know about, other than a bad photo (those are ``AlignError``)."""
-
-
-class UploadTooLargeError(ServiceError):
-    """The upload is bigger than :data:`MAX_UPLOAD_MB`."""
-
-
-class ModelUnavailableError(ServiceError):
-    """The model is not loaded (no checkpoint, or a broken one); the message says why."""
-
-
-def describe_error(exc: BaseException) -> tuple[str, str]:
-    """``(kind, message)`` for any exception: the one place errors become words for the user.
-
-    ``kind`` is a short stable code for API clients (``no_face``, ``face_too_small``,
-    ``face_index``, ``not_an_image``, ``empty_image``, ``image_too_large``, ``aspect_ratio``,
-    ``upload_too_large``, ``model_unavailable``, ``install``, ``out_of_memory``, ``internal``).
-    The message never contains a traceback or a file path of the server.
-    """
-    from mdnet import align as A
-
-    kinds = [
-        (A.NoFaceError, "no_face"),
-        (A.FaceTooSmallError, "face_too_small"),
-        (A.FaceIndexError, "face_index"),
-        (A.EmptyImageError, "empty_image"),
-        (A.ImageTooLargeError, "image_too_large"),
-        (A.AspectRatioError, "aspect_ratio"),
-        (A.ImageDecodeError, "not_an_image"),
-    ]
-    for cls, kind in kinds:
-        if isinstance(exc, cls):
-            return kind, str(exc)
-    if isinstance(exc, A.AlignError):
-        return "bad_image", str(exc)
-    if isinstance(exc, UploadTooLargeError):
-        return "upload_too_large", str(exc)
-    if isinstance(exc, ModelUnavailableError):
-        return "model_unavailable", str(exc)
-    if isinstance(exc, CheckpointError):
-        return "model_unavailable", f"The model could not be loaded: {exc}"
-    if isinstance(exc, A.DetectorModelError):
-        return "install", "The face detector is not installed correctly on this server, so no photo can be processed."
-    if isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()):
-        return "out_of_memory", "The server ran out of memory on this photo. Please try a smaller photo or try later."
-    return "internal", "Something went wrong while processing this photo. Please try another photo."
-
-
-def friendly_error(exc: BaseException) -> str:
-    """One plain-language message for any exception (see :func:`describe_error`)."""
-    return describe_error(exc)[1]
-
-
-def is_user_error(exc: BaseException) -> bool:
-    """Whether ``exc`` is expected (bad input, no model) rather than a bug worth logging."""
-    return describe_error(exc)[0] != "internal"
-
-
 # =========================================================================== where a score falls
-@dataclass(frozen=True)
-class ScoreReference:
-    """The distribution of the training faces' scores, as quantiles.
-
-    Attributes:
-        levels: percent levels ``(k,)``, increasing from 0 to 100.
-        values: the score at each level ``(k,)``, non-decreasing.
-        count: how many training faces it summarises.
-        source: where it came from (for the page and the JSON).
-    """
-
-    levels: tuple[float, ...]
-    values: tuple[float, ...]
-    count: int
-    source: str
-
-    @classmethod
-    def from_scores(cls, scores: np.ndarray, source: str, points: int = 101) -> ScoreReference:
-        scores = np.asarray(scores, dtype=np.float64)
-        if scores.size == 0:
-            raise ValueError("no scores to summarise")
-        levels = np.linspace(0, 100, points)
-        return cls(tuple(levels.tolist()), tuple(np.percentile(scores, levels).round(4).tolist()), int(scores.size),
-                   source)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any], source: str) -> ScoreReference:
-        levels, values = [float(x) for x in data["levels"]], [float(x) for x in data["values"]]
-        if len(levels) != len(values) or len(levels) < 2 or np.any(np.diff(levels) <= 0) or np.any(np.diff(values) < 0):
-            raise ValueError("levels and values must be equally long, levels increasing and values non-decreasing")
-        return cls(tuple(levels), tuple(values), int(data.get("count", 0)), str(data.get("source", source)))
-
-    def to_json(self) -> dict[str, Any]:
-        return {"levels": list(self.levels), "values": list(self.values), "count": self.count, "source": self.source}
-
-    def percentile(self, score: float) -> float:
-        """Percent of the training faces whose score is below ``score`` (0-100, interpolated)."""
-        values, levels = np.asarray(self.values), np.asarray(self.levels)
-        # a score equal to quantiles (repeated scores): the middle of the tied levels
-        lo, hi = np.searchsorted(values, score, side="left"), np.searchsorted(values, score, side="right")
-        if lo < hi:
-            return float((levels[lo] + levels[hi - 1]) / 2)
-        return float(np.interp(score, values, levels, left=0.0, right=100.0))
-
-
-_REFERENCES: dict[str, ScoreReference | None] = {}
-
-
-def _scut_train_list() -> Path | None:
-    root = Path(os.environ.get("MDNET_SCUT_DIR", _SCUT_DEFAULT))
-    path = root / _TRAIN_LIST
-    return path if path.is_file() else None
-
-
-def read_label_scores(labels_file: str | os.PathLike) -> np.ndarray:
-    """The scores of a SCUT-FBP5500 ``NAME SCORE`` list file."""
-    from mdnet.data import read_list
-
-    return np.array([s for _, s in read_list(labels_file)], dtype=np.float64)
-
-
 def score_reference(status: ModelStatus | None = None) -> ScoreReference | None:
     """The training faces' score distribution for the model of ``status`` (cached), or None."""
-    status = status or get_status()
-    key = status.source
-    if key in _REFERENCES:
-        return _REFERENCES[key]
-    ref: ScoreReference | None = None
-    folder = Path(status.source)
-    try:
-        if (folder / SCORE_DISTRIBUTION_NAME).is_file():
-            ref = ScoreReference.from_json(json.loads((folder / SCORE_DISTRIBUTION_NAME).read_text()),
-                                           SCORE_DISTRIBUTION_NAME)
-        elif (folder / "config.json").is_file():
-            meta = json.loads((folder / "config.json").read_text()).get("metadata", {})
-            if isinstance(meta.get("score_quantiles"), dict):
-                ref = ScoreReference.from_json(meta["score_quantiles"], "checkpoint metadata")
-    except (OSError, ValueError, KeyError, TypeError):
-        ref = None
-    if ref is None and (labels := _scut_train_list()) is not None:
-        try:
-            ref = ScoreReference.from_scores(read_label_scores(labels),
-                                             "SCUT-FBP5500 60/40 training list (mean ratings)")
-        except (OSError, ValueError):
-            ref = None
-    _REFERENCES[key] = ref
-    return ref
-
-
-def write_score_distribution(labels_file: str | os.PathLike, checkpoint_dir: str | os.PathLike) -> Path:
-    """Write ``score_distribution.json`` (101 quantiles of the list's scores) into ``checkpoint_dir``."""
-    scores = read_label_scores(labels_file)
-    ref = ScoreReference.from_scores(scores, f"mean ratings of the {scores.size} faces of {Path(labels_file).name}")
-    out = Path(checkpoint_dir) / SCORE_DISTRIBUTION_NAME
-    out.write_text(json.dumps(ref.to_json(), indent=1) + "\n")
-    _REFERENCES.clear()
-    return out
+    return reference_for((status or get_status()).source)
 
 
 # =========================================================================== photos in memory
 def read_photo(image: Any, max_bytes: int = MAX_UPLOAD_BYTES) -> np.ndarray:
     """Decode any photo input to ``(H, W, 3)`` uint8 RGB, in memory, refusing uploads over ``max_bytes``.
 
-    Raises ``UploadTooLargeError`` or an :class:`mdnet.align.AlignError` (not an image, empty, ...).
+    Raises ``UploadTooLargeError`` or an :class:`mdnet.faces.AlignError` (not an image, empty, ...).
     """
-    from mdnet.align import load_rgb
+    from mdnet.faces import load_rgb
 
     size = None
     if isinstance(image, (str, os.PathLike)) and Path(image).is_file():
@@ -323,7 +200,7 @@ class PhotoScore:
         score: mirror-averaged score on the model's scale (1-5).
         percentile: percent of the training faces scored lower, or None when unknown.
         face_index, n_faces: which face (largest first) of how many found.
-        aligned: the :class:`mdnet.align.AlignedFace` (crop, keypoints, transforms, every face).
+        aligned: the :class:`mdnet.faces.AlignedFace` (crop, keypoints, transforms, every face).
         photo: the decoded photo ``(H, W, 3)`` uint8 (kept in memory for drawing).
         model_name, score_range, reference_source, seconds.
     """
@@ -381,7 +258,7 @@ class PhotoScore:
     # ------------------------------------------------------------- drawing
     def face_view(self, side: int = CROP_DISPLAY) -> np.ndarray:
         """The aligned crop, enlarged to ``side``, with the detected keypoints."""
-        from mdnet import viz
+        from mdnet.explain import viz
 
         crop = self.aligned.image
         return viz.draw_keypoints(_enlarge(crop, side), self.aligned.crop_keypoints * (side / crop.shape[0]))
@@ -415,7 +292,7 @@ def draw_faces(
     """
     import cv2
 
-    from mdnet import viz
+    from mdnet.explain import viz
 
     small, f = _downscale(photo, max_side)
     width = small.shape[1]
@@ -447,7 +324,7 @@ def draw_faces(
 
 
 def _align_photo(image: Any, face_index: int, model: MDNet, search: str = "auto") -> tuple[np.ndarray, Any]:
-    from mdnet.align import align
+    from mdnet.faces import align
 
     photo = read_photo(image)
     return photo, align(photo, size=model.cfg.preprocess.image_size, face_index=int(face_index), search=search)
@@ -475,7 +352,7 @@ def score_photo(
 ) -> PhotoScore:
     """Align face ``face_index`` (largest first) of a photo and score it; the webcam's fast path.
 
-    ``search``: how hard :func:`mdnet.align.align` looks for faces (``"auto"``: fast, stops at the
+    ``search``: how hard :func:`mdnet.faces.align` looks for faces (``"auto"``: fast, stops at the
     first faces found; ``"thorough"``: every face of a group photo).
 
     Raises ``ModelUnavailableError``, ``UploadTooLargeError`` or an ``AlignError``: turn any of
@@ -512,7 +389,7 @@ class PhotoAnalysis:
         the original photo (downscaled to :data:`DISPLAY_MAX_SIDE`), through the alignment's inverse transform.
         The IG map is signed: red where the face's detail raised the score, blue where it lowered it.
         """
-        from mdnet import viz
+        from mdnet.explain import viz
 
         if on not in VIEWS:
             raise ValueError(f"on must be one of {VIEWS}, not {on!r}")
@@ -533,7 +410,7 @@ class PhotoAnalysis:
 
     def ablation_figure(self):
         """A matplotlib Figure: the score with both streams, the prior stream alone, the Vim stream alone."""
-        from mdnet import viz
+        from mdnet.explain import viz
 
         fig = _figure(5.0, 2.6)
         viz.plot_ablation(fig.subplots(), self.analysis.ablation, self.analysis.score_range)
@@ -541,7 +418,7 @@ class PhotoAnalysis:
 
     def regions_figure(self):
         """A matplotlib Figure: share of |IG|, of the class token's attention and of the area per facial region."""
-        from mdnet import viz
+        from mdnet.explain import viz
 
         fig = _figure(5.0, 3.6)
         viz.plot_regions(fig.subplots(), self.analysis.regions)
@@ -596,7 +473,7 @@ def analyze_photo(
 
     ``steps``: Integrated Gradients steps (default :data:`mdnet.explain.DEFAULT_STEPS`);
     ``progress(fraction)`` is called as the analysis advances (0 to 1); ``search`` goes to
-    :func:`mdnet.align.align` (``"thorough"`` finds every face of a group photo). Raises like
+    :func:`mdnet.faces.align` (``"thorough"`` finds every face of a group photo). Raises like
     :func:`score_photo`.
     """
     status = status or get_status()
@@ -653,17 +530,3 @@ def encode_png(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-# =========================================================================== CLI
-def main(argv: list[str] | None = None) -> None:
-    """``python -m mdnet.service --write-score-distribution LABELS CHECKPOINT_DIR``."""
-    parser = argparse.ArgumentParser(prog="python -m mdnet.service", description="Service utilities.")
-    parser.add_argument("--write-score-distribution", nargs=2, metavar=("LABELS", "CHECKPOINT_DIR"), required=True,
-                        help="write score_distribution.json (quantiles of a SCUT-FBP5500 list file's scores) into "
-                             "a checkpoint folder; the app shows where a score falls among them")
-    args = parser.parse_args(argv)
-    labels, folder = args.write_score_distribution
-    print(f"wrote {write_score_distribution(labels, folder)}")
-
-
-if __name__ == "__main__":
-    main()

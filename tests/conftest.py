@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mdnet.config import get_config
-from mdnet.model import MDNet
+from mdnet.models.config import get_config
+from mdnet.models.mdnet import MDNet
 
 CUDA = torch.cuda.is_available()
 # The shared SCUT-FBP5500 copy sits beside the repository (../shared); MDNET_SCUT_DIR overrides.

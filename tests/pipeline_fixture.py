@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
-from mdnet.config import get_config
+from mdnet.models.config import get_config
 
 PROMPT_LENGTH = 6
 

@@ -20,8 +20,8 @@ import pytest
 from conftest import build_model, faces
 from PIL import Image
 
-from mdnet import service
-from mdnet.align import FaceIndexError, NoFaceError
+from mdnet import cli, percentiles, service
+from mdnet.faces import FaceIndexError, NoFaceError
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "assets" / "examples"
@@ -239,18 +239,18 @@ def test_the_reference_can_live_in_the_checkpoint_metadata(tmp_path, monkeypatch
     config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
     status = service.ModelStatus(model, str(tmp_path / "ckpt"), "ok")
     assert service.score_reference(status) is None  # nothing to compare with: no percentile
-    service._REFERENCES.clear()
+    percentiles._REFERENCES.clear()
     ref = service.ScoreReference.from_scores(np.array(REFERENCE_SCORES), "meta")
     config["metadata"]["score_quantiles"] = ref.to_json()
     (tmp_path / "ckpt" / "config.json").write_text(json.dumps(config))
     assert service.score_reference(status).source == "meta"
-    service._REFERENCES.clear()
+    percentiles._REFERENCES.clear()
 
 
 def test_the_cli_writes_the_distribution(tmp_path):
     labels = tmp_path / "train.txt"
     labels.write_text("AF1.jpg 2.0\nAM1.jpg 4.0\n")
-    service.main(["--write-score-distribution", str(labels), str(tmp_path)])
+    cli.run(["score-distribution", str(labels), str(tmp_path)])
     data = json.loads((tmp_path / service.SCORE_DISTRIBUTION_NAME).read_text())
     assert data["count"] == 2 and data["values"][0] == 2.0 and data["values"][-1] == 4.0
     assert os.path.getsize(tmp_path / service.SCORE_DISTRIBUTION_NAME) < 10_000

@@ -1,0 +1,214 @@
+"""MD-Net: generative-prior stream + Vision Mamba stream + cross-attention fusion + head.
+
+Input: aligned faces as normalised tensors ``(b, 3, s, s)`` (``cfg.preprocess``:
+size, mean, std). Output: :class:`MDNetOutput` with the score on the 1-5 scale
+and, on request, the fusion's attention weights.
+
+Stream ablation (``mode``): ``"prior_only"`` replaces the Vim tokens, and
+``"vim_only"`` the U-Net feature maps, by a stored reference: their mean over
+the training faces (:meth:`MDNet.calibrate_references`), kept in the
+checkpoint. A mean input carries no information about this face but keeps the
+fusion and head in the range they were trained on, unlike zeros.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mdnet.models.config import MDNetConfig, get_config
+from mdnet.models.fusion import CrossAttentionFusion
+from mdnet.models.prior import DiffusionPrior
+from mdnet.models.vim import VisionMamba
+
+MODES = ("full", "prior_only", "vim_only")
+
+
+@dataclass
+class MDNetOutput:
+    score: torch.Tensor                       # (b,) on cfg.score_range
+    attention: list[torch.Tensor] | None      # per fusion layer (b, heads, l + 1, m)
+    prior_shapes: list[tuple[int, int]]       # U-Net scales (h_i, w_i), in key order
+    vim_grid: tuple[int, int]                 # Vim patch grid; query i != cls_index maps onto it
+    cls_index: int                            # position of the class token among the queries
+
+
+class RegressionHead(nn.Module):
+    """Fused tokens -> one raw value: MLP over [class token, mean of the patch tokens]."""
+
+    def __init__(self, dim: int, hidden: int, dropout: float):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.LayerNorm(2 * dim), nn.Linear(2 * dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, 1)
+        )
+
+    def forward(self, tokens: torch.Tensor, cls_index: int) -> torch.Tensor:
+        cls = tokens[:, cls_index]
+        rest = (tokens.sum(1) - cls) / (tokens.shape[1] - 1)
+        return self.net(torch.cat([cls, rest], dim=-1)).squeeze(-1)
+
+
+class MDNet(nn.Module):
+    def __init__(self, cfg: MDNetConfig | str = "tiny", prior: DiffusionPrior | None = None):
+        super().__init__()
+        self.cfg = get_config(cfg) if isinstance(cfg, str) else cfg
+        c = self.cfg
+        self.prior = prior if prior is not None else DiffusionPrior.from_config(c.prior)
+        self.vim = VisionMamba(c.vim, c.preprocess.image_size)
+        self.fusion = CrossAttentionFusion(c.fusion, c.vim.embed_dim, self.prior.feature_channels)
+        self.head = RegressionHead(c.fusion.dim, c.head_hidden, c.head_dropout)
+        self.register_buffer("pixel_mean", torch.tensor(c.preprocess.mean).view(1, 3, 1, 1))
+        self.register_buffer("pixel_std", torch.tensor(c.preprocess.std).view(1, 3, 1, 1))
+        # Stream references for ablation (set by calibrate_references).
+        self.register_buffer("references_ready", torch.tensor(False))
+        self.register_buffer("vim_reference", torch.zeros(self.vim.num_patches + 1, c.vim.embed_dim))
+        shapes = self.prior.feature_shapes
+        for i, (ch, (h, w)) in enumerate(zip(self.prior.feature_channels, shapes, strict=True)):
+            self.register_buffer(f"prior_reference_{i}", torch.zeros(ch, h, w))
+
+    def preprocess(self, faces: torch.Tensor) -> torch.Tensor:
+        """Aligned faces, uint8 (b, s, s, 3) or (b, 3, s, s), or float in [0, 1] -> model input.
+
+        The one normalisation step that training, evaluation and the app share.
+        """
+        if faces.dim() != 4:
+            raise ValueError(f"expected a batch of faces (b, 3, s, s) or (b, s, s, 3), got {tuple(faces.shape)}")
+        if faces.shape[-1] == 3 and faces.shape[1] != 3:
+            faces = faces.permute(0, 3, 1, 2)
+        size = self.cfg.preprocess.image_size
+        if tuple(faces.shape[-2:]) != (size, size):
+            raise ValueError(f"faces must be aligned {size}x{size} crops, got {tuple(faces.shape[-2:])}")
+        x = faces.float() / 255 if faces.dtype == torch.uint8 else faces.float()
+        return (x.to(self.pixel_mean.device) - self.pixel_mean) / self.pixel_std
+
+    # ----------------------------------------------------------------- streams
+    @property
+    def prior_references(self) -> list[torch.Tensor]:
+        return [getattr(self, f"prior_reference_{i}") for i in range(len(self.prior.feature_channels))]
+
+    def prior_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Frozen U-Net features of normalised faces x (b, 3, s, s); cacheable, as the prior never changes."""
+        return self.prior(x * self.pixel_std + self.pixel_mean)
+
+    def _require_references(self, mode: str) -> None:
+        if not bool(self.references_ready):
+            raise RuntimeError(
+                f"mode {mode!r} needs the stream references; this model has none yet "
+                "(call calibrate_references on training faces, or load a trained checkpoint)"
+            )
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mode: str = "full",
+        return_attention: bool = False,
+        prior_features: list[torch.Tensor] | None = None,
+    ) -> MDNetOutput:
+        """Score normalised faces x (b, 3, s, s).
+
+        ``mode``: ``"full"``, ``"prior_only"`` or ``"vim_only"``. ``prior_features``
+        reuses precomputed prior features (from :meth:`prior_features`).
+        """
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
+        batch = x.shape[0]
+        if mode == "vim_only":
+            self._require_references(mode)
+            prior_features = [r.unsqueeze(0).expand(batch, -1, -1, -1) for r in self.prior_references]
+        elif prior_features is None:
+            prior_features = self.prior_features(x)
+        if mode == "prior_only":
+            self._require_references(mode)
+            vim_tokens = self.vim_reference.unsqueeze(0).expand(batch, -1, -1)
+        else:
+            vim_tokens = self.vim(x).tokens
+        fused = self.fusion(vim_tokens, prior_features, return_attention=return_attention)
+        raw = self.head(fused.tokens, self.vim.cls_index)
+        low, high = self.cfg.score_range
+        return MDNetOutput(
+            score=low + (high - low) * torch.sigmoid(raw),
+            attention=fused.attention,
+            prior_shapes=fused.prior_shapes,
+            vim_grid=self.vim.grid,
+            cls_index=self.vim.cls_index,
+        )
+
+    @torch.no_grad()
+    def calibrate_references(self, batches: Iterable[torch.Tensor]) -> int:
+        """Set the ablation references to the mean Vim tokens and U-Net maps over ``batches``.
+
+        ``batches`` yields normalised faces (b, 3, s, s), typically the training
+        set. Returns the number of faces seen.
+        """
+        was_training = self.training
+        self.eval()
+        count = 0
+        vim_sum = torch.zeros_like(self.vim_reference)
+        prior_sums = [torch.zeros_like(r) for r in self.prior_references]
+        for x in batches:
+            x = x.to(self.pixel_mean.device)
+            vim_sum += self.vim(x).tokens.sum(0)
+            for acc, f in zip(prior_sums, self.prior_features(x), strict=True):
+                acc += f.sum(0)
+            count += x.shape[0]
+        if count == 0:
+            raise ValueError("calibrate_references got no faces")
+        self.vim_reference.copy_(vim_sum / count)
+        for ref, acc in zip(self.prior_references, prior_sums, strict=True):
+            ref.copy_(acc / count)
+        self.references_ready.fill_(True)
+        self.train(was_training)
+        return count
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    # ------------------------------------------------------------- checkpoints
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write safetensors weights + config.json atomically (see :mod:`mdnet.models.checkpoint`)."""
+        from mdnet.models.checkpoint import save_checkpoint
+
+        return save_checkpoint(self, directory)
+
+    @classmethod
+    def from_pretrained(cls, path_or_hub_id: str | Path, device: str | torch.device = "cpu") -> MDNet:
+        """Rebuild the exact model from a local checkpoint folder or a Hugging Face hub id."""
+        from mdnet.models.checkpoint import load_checkpoint
+
+        return load_checkpoint(path_or_hub_id, device=device)
+
+
+@torch.no_grad()
+def score_aligned(
+    model: MDNet,
+    faces: torch.Tensor,
+    tta: bool = True,
+    batch_size: int = 32,
+    mode: str = "full",
+    prior_features: dict[bool, list[torch.Tensor]] | None = None,
+) -> torch.Tensor:
+    """Scores of aligned faces, uint8 (n, 3, s, s): the one scoring path of evaluation, the CLIs and the app.
+
+    ``tta`` averages each face with its mirror image (as the model was trained on both).
+    ``prior_features`` reuses cached prior features of these faces, ``{False: [(n, c_i, h_i, w_i)
+    per scale], True: the same for the mirror images}`` (training validates with them).
+    """
+    model.eval()
+
+    def cached(mirrored: bool, start: int) -> list[torch.Tensor] | None:
+        if prior_features is None:
+            return None
+        return [f[start : start + batch_size].float().to(model.pixel_mean.device) for f in prior_features[mirrored]]
+
+    scores = []
+    for i in range(0, len(faces), batch_size):
+        x = model.preprocess(faces[i : i + batch_size])
+        s = model(x, mode=mode, prior_features=cached(False, i)).score
+        if tta:
+            s = (s + model(x.flip(-1), mode=mode, prior_features=cached(True, i)).score) / 2
+        scores.append(s.float().cpu())
+    return torch.cat(scores) if scores else torch.empty(0)

@@ -7,34 +7,61 @@ call them without a browser.
 
 Two documented API endpoints (see README.md, "API"): ``/score`` (photo, face_index) -> JSON,
 and ``/analyze`` (photo, face_index, steps, view) -> JSON + aligned face + attention + IG.
-User errors come back from both as ``gradio.Error`` with a plain-language message.
+User errors come back from both as ``gradio.Error`` with a plain-language message and, as its
+title, the stable error code of :func:`mdnet.service.describe_error`.
+
+Bounds for a public server (README.md, "Under load"): webcam streams have their own capacity and
+lose it when they go quiet; each client may have only a few jobs waiting; request bodies, uploads
+and the temporary folder are bounded (:mod:`mdnet.limits`); a closed page's photos leave memory.
 """
 
 from __future__ import annotations
 
+import asyncio
 import atexit
+import contextlib
 import logging
 import os
 import shutil
 import tempfile
+import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from PIL import Image
+from starlette.middleware import Middleware
 
-from mdnet import service
+from mdnet import limits, service
 
 LOG = logging.getLogger("mdnet.app")
 ROOT = Path(__file__).resolve().parent
 EXAMPLES = sorted((ROOT / "assets" / "examples").glob("*.jpg"))
 LIVE_EVERY_S = 0.75  # webcam frames sent for scoring at most this often (a CPU keeps up)
-LIVE_TIME_LIMIT_S = 600  # a webcam session streams for at most ten minutes, then frees its slot
 CONCURRENCY = max(1, int(os.environ.get("MDNET_APP_CONCURRENCY", "2")))  # model calls at once, per kind
+# Webcam streams: a capacity of their own (they never hold a photo-scoring slot), released when a stream
+# sends no frame for LIVE_IDLE_S, and at the latest after LIVE_MAX_S; closing the tab releases it at once.
+LIVE_STREAMS = max(1, int(os.environ.get("MDNET_LIVE_STREAMS", "2")))
+LIVE_IDLE_S = float(os.environ.get("MDNET_LIVE_IDLE_S", "8"))
+LIVE_MAX_S = float(os.environ.get("MDNET_LIVE_MAX_S", "300"))
 QUEUE_MAX = 128  # requests waiting beyond this are refused ("queue full") rather than left to pile up
+# Jobs one client may have waiting or running, per kind: per page (session) and per address.
+PER_SESSION = {"live": 1, "score": 4, "analysis": 2}
+PER_ADDRESS = {"live": 4, "score": 8, "analysis": 4}
+MAX_BODY_BYTES = 12 * 1024 * 1024  # JSON bodies (a webcam frame as a data URL is the largest)
+UPLOADS = {"max_total_bytes": 512 << 20, "min_free_bytes": 128 << 20, "per_minute": 30, "bytes_per_minute": 96 << 20}
 UPLOAD_SEARCH = "thorough"  # uploads: find every face of a group photo; the webcam uses the fast search
 CACHE_DELETE = (60, 180)  # every 60 s, delete uploads and shown images older than 180 s
 SHM_MIN_FREE = 1 << 30  # use /dev/shm for Gradio's files only with at least 1 GiB free
 STEPS_CHOICES = (8, 16, 32, 64)
+assert max(STEPS_CHOICES) == service.MAX_STEPS  # the API accepts what the page offers, no more
+
+# Every image decode in this process (ours, Gradio's, a library's) stops at our pixel limit.
+Image.MAX_IMAGE_PIXELS = service.MAX_PIXELS
+warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+# A photo's memory goes back to the system when its result is dropped (see mdnet.limits).
+limits.release_memory_promptly()
 VIEW_CHOICES = [("the aligned face", "crop"), ("the original photo", "photo")]
 
 try:  # Hugging Face ZeroGPU: borrow a GPU for each model call; a no-op everywhere else
@@ -95,8 +122,11 @@ def privacy_text(memory_backed: bool) -> str:
     return (
         "**Privacy.** Photos and webcam frames are processed in memory and are never stored, logged or used "
         f"for training. To show them in your browser, the web framework keeps uploads and result images in {where} "
-        f"and deletes them within {sum(CACHE_DELETE) // 60} minutes; your session's results are dropped when you "
-        "close the page. Webcam frames are sent for scoring only while the camera tab is streaming."
+        f"and deletes them within {sum(CACHE_DELETE) // 60} minutes. While this page is open the server keeps a "
+        "copy of your photo reduced to at most "
+        f"{service.DISPLAY_MAX_SIDE} pixels and the aligned faces (to redraw the results and score another face); "
+        "they are deleted when you close the page, and after 30 minutes in any case. Webcam frames are sent for "
+        "scoring only while the camera tab is streaming."
     )
 
 
@@ -129,11 +159,59 @@ def _photo_source(payload: Any) -> Any:
     return path if isinstance(path, str) else payload
 
 
+def _frame_source(payload: Any) -> Any:
+    """What the service reads from a webcam payload: its data URL, else its file, else the value itself."""
+    if isinstance(payload, dict):
+        url = payload.get("url")
+        return url if isinstance(url, str) and url.startswith("data:") else payload.get("path")
+    return _photo_source(payload)
+
+
 def _face_index(value: Any) -> int:
     try:
         return max(0, int(value))
     except (TypeError, ValueError):
         return 0
+
+
+class BadRequest(service.ServiceError):
+    """An API argument out of its range (the page cannot send one)."""
+
+    kind = "bad_request"
+
+
+def _api_face_index(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)) or str(value).strip() == "":
+        raise BadRequest(f"face_index must be a whole number from 0 (the largest face), not {value!r}.")
+    try:
+        number = float(value)
+    except ValueError:
+        raise BadRequest(f"face_index must be a whole number from 0 (the largest face), not {value!r}.") from None
+    if number != int(number) or number < 0:
+        raise BadRequest(f"face_index must be a whole number from 0 (the largest face), not {value!r}.")
+    return int(number)
+
+
+def _api_steps(value: Any) -> int:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if isinstance(value, bool) or number != number or number != int(number) or not 1 <= number <= service.MAX_STEPS:
+        raise BadRequest(f"steps must be a whole number from 1 to {service.MAX_STEPS}, not {value!r}.")
+    return int(number)
+
+
+def _api_view(value: Any) -> str:
+    if value not in service.VIEWS:
+        raise BadRequest(f"view must be one of {', '.join(repr(v) for v in service.VIEWS)}, not {value!r}.")
+    return str(value)
+
+
+def _api_error(exc: BaseException) -> gr.Error:
+    """A ``gradio.Error`` whose message is the plain sentence and whose title is the stable error code."""
+    kind = exc.kind if isinstance(exc, BadRequest) else service.describe_error(exc)[0]
+    return gr.Error(str(exc) if isinstance(exc, BadRequest) else _message(exc), title=kind, print_exception=False)
 
 
 def _message(exc: BaseException) -> str:
@@ -144,9 +222,9 @@ def _message(exc: BaseException) -> str:
 
 
 def _steps(value: Any) -> int:
-    """Integrated Gradients steps from an input: an integer in 1-256 (16 when missing or not a number)."""
+    """Integrated Gradients steps from the page: an integer in 1-MAX_STEPS (16 when missing or not a number)."""
     try:
-        return min(256, max(1, int(value)))
+        return min(service.MAX_STEPS, max(1, int(value)))
     except (TypeError, ValueError):
         return 16
 
@@ -200,11 +278,21 @@ class Handlers:
 
     def __init__(self, status: service.ModelStatus):
         self.status = status
+        self.live_seen: dict[str, float] = {}  # session -> when its webcam stream last delivered a frame
+        self.state_holder_of: Any = lambda: None  # set by build_demo: the sessions' state (to clear on close)
 
     # ------------------------------------------------------------- model calls
     @gpu
     def _score(self, source: Any, face_index: int, search: str) -> service.PhotoScore:
         return service.score_photo(source, face_index, status=self.status, search=search)
+
+    @gpu
+    def _score_face(self, result: service.PhotoScore, face_index: int) -> service.PhotoScore:
+        return service.score_face(result, face_index, status=self.status)
+
+    @gpu
+    def _score_frame(self, frame: Any) -> service.PhotoScore:
+        return service.score_frame(frame, status=self.status)
 
     @gpu
     def _explain(self, result: service.PhotoScore, steps: int, progress: Any = None) -> service.PhotoAnalysis:
@@ -234,6 +322,23 @@ class Handlers:
         """A new photo (upload, example, paste, clear): the largest face first."""
         return self.quick(payload, 0, view)
 
+    def pick_face(self, report: Any, face: Any, view: str):
+        """Another face of the photo already scored, from the faces kept in memory (the upload may be gone).
+
+        ``report``: the session's :class:`service.PhotoScore` or :class:`service.PhotoAnalysis`.
+        -> (message, face dropdown, report state, ok, *panel), like :meth:`quick`.
+        """
+        result = report.result if isinstance(report, service.PhotoAnalysis) else report
+        if not isinstance(result, service.PhotoScore):
+            return ("Upload the photo again: this page's results have expired.", gr.skip(), None, False,
+                    *_panel(None, view))
+        try:
+            chosen = self._score_face(result, _face_index(face))
+        except Exception as exc:
+            return (_warning(_message(exc)), gr.skip(), report, False, *_panel(None, view))
+        note = chosen.faces_note or "Scored. Working out the explanations..."
+        return (note, gr.skip(), chosen, True, *_panel(chosen, view))
+
     def full(self, quick: Any, view: str, steps: Any, ok: bool, progress=gr.Progress()):  # noqa: B008
         """Slow step, after :meth:`quick` succeeded: the explanations of the face it found.
 
@@ -255,19 +360,27 @@ class Handlers:
         return values[1], values[2], values[3]
 
     # ------------------------------------------------------------- webcam tab
-    def live(self, frame: Any):
-        """One webcam frame -> (light overlay, live score text, the frame kept for 'analyse')."""
+    def live(self, frame: Any, request: gr.Request | None = None):
+        """One webcam frame -> (light overlay, live score text, the frame kept for 'analyse').
+
+        ``frame``: the browser's payload (a data URL, unprocessed: decoding happens in the service, within
+        the limits of a camera) or an RGB array. The kept frame is the result's display-size copy.
+        """
         if frame is None:
             return gr.skip(), gr.skip(), gr.skip()
+        if request is not None and request.session_hash:
+            self.live_seen[request.session_hash] = time.monotonic()
+        rgb = None
         try:
-            result = self._score(frame, 0, "auto")
-        except Exception as exc:
-            return service.thumbnail(frame), _warning(_message(exc)), frame
+            rgb = service.read_frame(_frame_source(frame))
+            result = self._score_frame(rgb)
+        except Exception as exc:  # the frame as it is (no overlay), and the message
+            return (gr.skip() if rgb is None else service.thumbnail(rgb)), _warning(_message(exc)), gr.skip()
         low, high = result.score_range
         text = f"### Live score: {result.score:.2f} <small>on {low:g}-{high:g}</small>"
         if result.percentile is not None:
             text += "\n\n" + percentile_text(result) + "."
-        return result.live_view(), text, frame
+        return result.live_view(), text, result.photo
 
     def freeze(self, frame: Any, view: str, steps: Any, progress=gr.Progress()):  # noqa: B008
         """Analyse the last webcam frame. -> (message, report state, *panel)."""
@@ -281,23 +394,35 @@ class Handlers:
 
     @gpu
     def _analyze_frame(self, frame: Any, steps: int, progress: Any = None) -> service.PhotoAnalysis:
-        return service.analyze_photo(frame, 0, steps, None if _ZERO_GPU else progress, status=self.status)
+        return service.analyze_photo(frame, 0, steps, None if _ZERO_GPU else progress, status=self.status,
+                                     frame=True)
+
+    def forget(self, request: gr.Request | None = None) -> None:
+        """The page was closed: drop its state now (Gradio would keep it for an hour)."""
+        session = getattr(request, "session_hash", None)
+        if not session:
+            return
+        self.live_seen.pop(session, None)
+        holder = self.state_holder_of()
+        if holder is not None:
+            holder.delete_state(session)
+        limits.trim_memory()
 
     # ------------------------------------------------------------- API
     def api_score(self, photo: Any, face_index: Any = 0) -> dict[str, Any]:
         """Score one face of a photo: JSON with score, percentile, faces found (largest first)."""
         try:
-            return self._score(_photo_source(photo), _face_index(face_index), UPLOAD_SEARCH).to_json()
+            return self._score(_photo_source(photo), _api_face_index(face_index), UPLOAD_SEARCH).to_json()
         except Exception as exc:
-            raise gr.Error(_message(exc), print_exception=False) from None
+            raise _api_error(exc) from None
 
     def api_analyze(self, photo: Any, face_index: Any = 0, steps: Any = 16, view: Any = "crop"):
         """Score and explain one face: (JSON, aligned face, cross-attention overlay, IG overlay)."""
-        view = view if view in service.VIEWS else "crop"
         try:
-            report = self._analyze(_photo_source(photo), _face_index(face_index), _steps(steps))
+            index, steps, view = _api_face_index(face_index), _api_steps(steps), _api_view(view)
+            report = self._analyze(_photo_source(photo), index, steps)
         except Exception as exc:
-            raise gr.Error(_message(exc), print_exception=False) from None
+            raise _api_error(exc) from None
         images = report.views(view)
         return report.to_json(), images["face"], images["attention"], images["ig"]
 
@@ -391,7 +516,7 @@ def build_demo(status: service.ModelStatus | None = None) -> gr.Blocks:
                      **common).then(
             h.full, [upload_state, view, steps, ok], full_out, concurrency_id="analysis", concurrency_limit=1,
             show_progress_on=[upload_panel.attention, upload_panel.ig], **common)
-        face.input(h.quick, [photo, face, view], quick_out, concurrency_id="score", **common).then(
+        face.input(h.pick_face, [upload_state, face, view], quick_out, concurrency_id="score", **common).then(
             h.full, [upload_state, view, steps, ok], full_out, concurrency_id="analysis",
             show_progress_on=[upload_panel.attention, upload_panel.ig], **common)
         view.change(h.change_view, [upload_state, view], upload_panel.outputs()[1:4], api_visibility="private")
@@ -399,8 +524,8 @@ def build_demo(status: service.ModelStatus | None = None) -> gr.Blocks:
 
         # -- webcam: throttled live score, and a full analysis of a frozen frame
         camera.stream(h.live, [camera], [live_view, live_text, last_frame], stream_every=LIVE_EVERY_S,
-                      time_limit=LIVE_TIME_LIMIT_S, concurrency_id="score", api_visibility="private",
-                      show_progress="hidden")
+                      time_limit=LIVE_MAX_S, concurrency_id="live", concurrency_limit=LIVE_STREAMS,
+                      api_visibility="private", show_progress="hidden", preprocess=False)
         freeze.click(h.freeze, [last_frame, view, steps], [cam_message, webcam_state, *webcam_panel.outputs()],
                      concurrency_id="analysis", api_visibility="private",
                      show_progress_on=[webcam_panel.attention, webcam_panel.ig])
@@ -429,13 +554,110 @@ def build_demo(status: service.ModelStatus | None = None) -> gr.Blocks:
             api_description="Score and explain one face: JSON (score, percentile, IG, attention, stream ablation, "
                             "region shares) and three images (aligned face with keypoints, cross-attention "
                             "overlay, Integrated Gradients overlay) drawn on the crop or the photo (view).")
-    demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_MAX)
+        demo.unload(h.forget)
+    # api_open=False: the REST routes cannot skip the queue (and with it every limit above)
+    demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_MAX, api_open=False)
+    demo.handlers = h
+    h.state_holder_of = lambda: getattr(demo, "state_holder", None)
     return demo
 
 
-def launch_kwargs() -> dict[str, Any]:
-    """What ``launch()`` needs beyond Gradio's defaults (the server name/port come from the environment)."""
-    return {"max_file_size": service.MAX_UPLOAD_BYTES, "show_error": False}
+# =========================================================================== bounds for a public server
+def _pending_jobs(demo: gr.Blocks) -> list[Any]:
+    """The jobs waiting or running (Gradio's queue keeps each until it finishes)."""
+    queue = getattr(demo, "_queue", None)
+    return list(getattr(queue, "event_ids_to_events", {}).values())
+
+
+def _job_kind(demo: gr.Blocks, path: str, body: dict[str, Any]) -> str | None:
+    """The concurrency group (``score``, ``analysis``, ``live``) of the job a request would start."""
+    fn = None
+    if isinstance(body.get("fn_index"), int):
+        fn = demo.fns.get(body["fn_index"])
+    else:
+        name = path.rstrip("/").rsplit("/", 1)[-1]
+        fn = next((f for f in demo.fns.values() if f.api_name == name), None)
+    return None if fn is None else fn.concurrency_id
+
+
+def job_gate(demo: gr.Blocks):
+    """``(client, path, body) -> refusal or None``: a client may have only a few jobs of a kind at once."""
+
+    def gate(client: str, path: str, body: dict[str, Any]) -> str | None:
+        kind = _job_kind(demo, path, body)
+        if kind not in PER_SESSION:
+            return None
+        session = body.get("session_hash")
+        same_page = same_address = 0
+        for event in _pending_jobs(demo):
+            if event.concurrency_id != kind:
+                continue
+            same_page += bool(session) and event.session_hash == session
+            request = getattr(event, "request", None)
+            peer = getattr(getattr(request, "client", None), "host", None)
+            same_address += limits.client_key(peer, dict(getattr(request, "headers", {}) or {})) == client
+        if same_page >= PER_SESSION[kind] or same_address >= PER_ADDRESS[kind]:
+            what = "webcam streams" if kind == "live" else "requests"
+            return (f"Too many {what} from you at once: please wait for the earlier ones to finish, then try "
+                    "again.")
+        return None
+
+    return gate
+
+
+async def watch_streams(demo: gr.Blocks, every: float = 1.0) -> None:
+    """End webcam streams that sent no frame for LIVE_IDLE_S, or ran LIVE_MAX_S: their slot goes to others.
+
+    A stream holds its slot while it waits for the next frame; a browser that stops sending (a frozen tab, a
+    client that sent one frame) would otherwise hold it until the time limit. Ending it is what Gradio's own
+    "close stream" route does.
+    """
+    handlers: Handlers = demo.handlers
+    started: dict[str, float] = {}
+    while True:
+        await asyncio.sleep(every)
+        now = time.monotonic()
+        live = [e for e in _pending_jobs(demo) if e.concurrency_id == "live" and not e.closed]
+        for event in live:
+            seen = handlers.live_seen.get(event.session_hash)
+            if seen is None:
+                continue  # still waiting for a slot: not idle, just queued
+            first = started.setdefault(event._id, now)
+            if now - seen > LIVE_IDLE_S or now - first > LIVE_MAX_S:
+                event.run_time = float("inf")
+                event.closed = True
+                event.signal.set()
+        alive = {e._id for e in live}
+        for key in [k for k in started if k not in alive]:
+            del started[key]
+
+
+def _temp_folder() -> str | None:
+    return os.environ.get("GRADIO_TEMP_DIR") or None
+
+
+def launch_kwargs(demo: gr.Blocks | None = None) -> dict[str, Any]:
+    """What ``launch()`` needs beyond Gradio's defaults (the server name/port come from the environment).
+
+    With ``demo``: the bounds of :mod:`mdnet.limits` as middleware, and the idle-stream watcher.
+    """
+    kwargs: dict[str, Any] = {"max_file_size": service.MAX_UPLOAD_BYTES, "show_error": False}
+    if demo is None:
+        return kwargs
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        task = asyncio.create_task(watch_streams(demo))
+        try:
+            yield
+        finally:
+            task.cancel()
+
+    uploads = limits.UploadLimits(_temp_folder, **UPLOADS)
+    middleware = Middleware(limits.LimitsMiddleware, max_body_bytes=MAX_BODY_BYTES, uploads=uploads,
+                            job_gate=job_gate(demo))
+    kwargs["app_kwargs"] = {"middleware": [middleware], "lifespan": lifespan}
+    return kwargs
 
 
 if __name__ == "__main__":
@@ -443,4 +665,5 @@ if __name__ == "__main__":
     import sys
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # a stopped server still removes its temporary folder
-    build_demo().launch(**launch_kwargs())
+    demo = build_demo()
+    demo.launch(**launch_kwargs(demo))

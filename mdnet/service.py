@@ -17,6 +17,7 @@ a user can cause becomes one plain sentence in :mod:`mdnet.errors` (both re-expo
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import threading
@@ -39,6 +40,7 @@ from mdnet.errors import (  # re-exported: the app and API clients of the servic
     friendly_error,
     is_user_error,
 )
+from mdnet.faces.io import MAX_PIXELS
 from mdnet.models.checkpoint import DEFAULT_CHECKPOINT, CheckpointError, default_device, load_checkpoint
 from mdnet.models.mdnet import MDNet, score_aligned
 from mdnet.percentiles import (  # re-exported, as above
@@ -50,6 +52,7 @@ from mdnet.percentiles import (  # re-exported, as above
 
 __all__ = [
     "MAX_UPLOAD_BYTES",
+    "MAX_PIXELS",
     "MAX_UPLOAD_MB",
     "SCORE_DISTRIBUTION_NAME",
     "VIEWS",
@@ -68,7 +71,10 @@ __all__ = [
     "get_status",
     "is_user_error",
     "load_model",
+    "read_frame",
     "read_photo",
+    "score_face",
+    "score_frame",
     "score_photo",
     "score_reference",
     "set_status",
@@ -76,10 +82,15 @@ __all__ = [
     "write_score_distribution",
 ]
 
-# Photos are shown (and drawn on) at most this many pixels on their longest side.
+# Photos are shown (and drawn on) at most this many pixels on their longest side; a result keeps only such a
+# copy of its photo (plus the aligned crops of its faces), never the full-resolution decode.
 DISPLAY_MAX_SIDE = 1024
 LIVE_MAX_SIDE = 640
 CROP_DISPLAY = 384  # aligned crops are shown enlarged to this side
+MAX_FACES_KEPT = 24  # a result keeps the aligned crops of at most this many faces (largest first)
+# Webcam frames: what a camera can send. A 4K frame is 8.8 megapixels; its PNG is a few MB.
+MAX_FRAME_BYTES = 8 * 1024 * 1024
+MAX_FRAME_PIXELS = 12_000_000
 
 Progress = Callable[[float], object]
 
@@ -139,14 +150,19 @@ def score_reference(status: ModelStatus | None = None) -> ScoreReference | None:
 
 
 # =========================================================================== photos in memory
-def read_photo(image: Any, max_bytes: int = MAX_UPLOAD_BYTES) -> np.ndarray:
+def read_photo(image: Any, max_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int | None = None) -> np.ndarray:
     """Decode any photo input to ``(H, W, 3)`` uint8 RGB, in memory, refusing uploads over ``max_bytes``.
 
-    Raises ``UploadTooLargeError`` or an :class:`mdnet.faces.AlignError` (not an image, empty, ...).
+    ``image``: what :func:`mdnet.faces.load_rgb` takes, or a ``data:image/...;base64,`` URL (how browsers
+    send webcam frames), whose size is checked before it is decoded. ``max_pixels``: a lower pixel limit
+    than the general one (webcam frames). Raises ``UploadTooLargeError`` or an
+    :class:`mdnet.faces.AlignError` (not an image, empty, too large, ...).
     """
     from mdnet.faces import load_rgb
 
     size = None
+    if isinstance(image, str) and image.startswith("data:"):
+        image = _decode_data_url(image, max_bytes)
     if isinstance(image, (str, os.PathLike)) and Path(image).is_file():
         size = Path(image).stat().st_size
         if size <= max_bytes:
@@ -158,7 +174,49 @@ def read_photo(image: Any, max_bytes: int = MAX_UPLOAD_BYTES) -> np.ndarray:
             f"This file is {size / 1024 / 1024:.1f} MB; the limit is {max_bytes // (1024 * 1024)} MB. "
             "Please upload a smaller photo."
         )
-    return load_rgb(image)
+    return load_rgb(image, max_pixels=min(MAX_PIXELS, max_pixels or MAX_PIXELS))
+
+
+def read_frame(frame: Any) -> np.ndarray:
+    """A webcam frame (a data URL, bytes, a file or an array) within what a camera can send.
+
+    Frames over :data:`MAX_FRAME_BYTES` or :data:`MAX_FRAME_PIXELS` are refused before decoding.
+    """
+    if isinstance(frame, np.ndarray) and frame.ndim >= 2 and frame.shape[0] * frame.shape[1] > MAX_FRAME_PIXELS:
+        from mdnet.faces import ImageTooLargeError
+
+        raise ImageTooLargeError(_frame_too_large(frame.shape[1], frame.shape[0]))
+    try:
+        return read_photo(frame, max_bytes=MAX_FRAME_BYTES, max_pixels=MAX_FRAME_PIXELS)
+    except UploadTooLargeError as err:
+        raise UploadTooLargeError(
+            f"This camera frame is larger than a webcam sends (the limit is {MAX_FRAME_BYTES // 2**20} MB)."
+        ) from err
+
+
+def _frame_too_large(width: int, height: int) -> str:
+    return (f"This camera frame ({width}x{height}) is larger than a webcam sends; the limit is "
+            f"{MAX_FRAME_PIXELS / 1e6:.0f} megapixels.")
+
+
+def _decode_data_url(url: str, max_bytes: int) -> bytes:
+    """The bytes of a base64 ``data:`` URL, refusing one whose decoded size would exceed ``max_bytes``."""
+    import base64
+    import binascii
+
+    from mdnet.faces import ImageDecodeError
+
+    header, sep, payload = url.partition(",")
+    if not sep or not header.endswith(";base64"):
+        raise ImageDecodeError("This image data is not a base64 data URL, so it cannot be read.")
+    if len(payload) * 3 // 4 > max_bytes:
+        raise UploadTooLargeError(
+            f"This image is about {len(payload) * 3 / 4 / 2**20:.1f} MB; the limit is {max_bytes // 2**20} MB."
+        )
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError) as err:
+        raise ImageDecodeError("This image data is damaged (not valid base64), so it cannot be read.") from err
 
 
 def _downscale(rgb: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
@@ -201,7 +259,11 @@ class PhotoScore:
         percentile: percent of the training faces scored lower, or None when unknown.
         face_index, n_faces: which face (largest first) of how many found.
         aligned: the :class:`mdnet.faces.AlignedFace` (crop, keypoints, transforms, every face).
-        photo: the decoded photo ``(H, W, 3)`` uint8 (kept in memory for drawing).
+        photo: a copy of the photo for drawing, at most :data:`DISPLAY_MAX_SIDE` on its longest side
+            (the full-resolution decode is dropped once the faces are cropped).
+        photo_scale: ``photo`` pixels per original pixel (1.0 when the photo was small enough).
+        crops: the aligned crop of each face kept (largest first, at most :data:`MAX_FACES_KEPT`; None for
+            faces not cropped), so that another face can be scored without the original photo.
         model_name, score_range, reference_source, seconds.
     """
 
@@ -211,6 +273,8 @@ class PhotoScore:
     n_faces: int
     aligned: Any
     photo: np.ndarray = field(repr=False)
+    photo_scale: float = 1.0
+    crops: tuple[np.ndarray | None, ...] = field(default=(), repr=False)
     model_name: str = ""
     score_range: tuple[float, float] = (1.0, 5.0)
     reference_source: str | None = None
@@ -226,7 +290,14 @@ class PhotoScore:
 
     @property
     def face_choices(self) -> list[str]:
-        return [face_label(i, self.n_faces) for i in range(self.n_faces)]
+        """Labels of the faces that can be picked (those whose crop was kept)."""
+        kept = sum(c is not None for c in self.crops) if self.crops else 1
+        return [face_label(i, self.n_faces) for i in range(min(self.n_faces, max(kept, 1)))]
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the images of this result (the photo copy and the crops)."""
+        return int(self.photo.nbytes + sum(c.nbytes for c in self.crops if c is not None))
 
     def summary(self) -> str:
         """One line: the score and where it falls."""
@@ -265,14 +336,15 @@ class PhotoScore:
 
     def photo_view(self, max_side: int = DISPLAY_MAX_SIDE) -> np.ndarray:
         """The photo (downscaled) with every face's box numbered, the chosen one highlighted with its keypoints."""
-        return draw_faces(self.photo, self.aligned, max_side=max_side)
+        return draw_faces(self.photo, self.aligned, max_side=max_side, scale=self.photo_scale)
 
     def live_view(self, max_side: int = LIVE_MAX_SIDE, mirror: bool = True) -> np.ndarray:
         """A light overlay for the webcam: the chosen face's box and keypoints and the score, on a small frame.
 
         ``mirror`` flips the frame (text stays readable), like the browser's own camera preview.
         """
-        return draw_faces(self.photo, self.aligned, max_side=max_side, label=f"{self.score:.2f}", mirror=mirror)
+        return draw_faces(self.photo, self.aligned, max_side=max_side, label=f"{self.score:.2f}", mirror=mirror,
+                          scale=self.photo_scale)
 
 
 def _enlarge(image: np.ndarray, side: int) -> np.ndarray:
@@ -284,17 +356,24 @@ def _enlarge(image: np.ndarray, side: int) -> np.ndarray:
 
 
 def draw_faces(
-    photo: np.ndarray, aligned: Any, max_side: int = DISPLAY_MAX_SIDE, label: str | None = None, mirror: bool = False
+    photo: np.ndarray,
+    aligned: Any,
+    max_side: int = DISPLAY_MAX_SIDE,
+    label: str | None = None,
+    mirror: bool = False,
+    scale: float = 1.0,
 ) -> np.ndarray:
     """``photo`` downscaled to ``max_side`` with the faces' boxes (numbered) and the chosen face's keypoints.
 
-    ``mirror``: draw on the horizontally flipped photo (boxes and points flipped with it).
+    ``mirror``: draw on the horizontally flipped photo (boxes and points flipped with it). ``scale``: ``photo``
+    pixels per pixel of the photo the faces were found in (a display copy's scale).
     """
     import cv2
 
     from mdnet.explain import viz
 
     small, f = _downscale(photo, max_side)
+    f *= scale
     width = small.shape[1]
     out = np.ascontiguousarray(small[:, ::-1] if mirror else small.copy())
     thick = max(1, round(max(out.shape[:2]) / 300))
@@ -323,14 +402,36 @@ def draw_faces(
     return viz.draw_keypoints(out, flip_x(aligned.keypoints), radius=max(2, thick + 1))
 
 
-def _align_photo(image: Any, face_index: int, model: MDNet, search: str = "auto") -> tuple[np.ndarray, Any]:
-    from mdnet.faces import align
+@dataclass(frozen=True)
+class _Kept:
+    """What a result keeps of its photo: a display copy, its scale, and the faces' aligned crops."""
 
-    photo = read_photo(image)
-    return photo, align(photo, size=model.cfg.preprocess.image_size, face_index=int(face_index), search=search)
+    photo: np.ndarray
+    scale: float
+    crops: tuple[np.ndarray | None, ...]
 
 
-def _result(status: ModelStatus, photo: np.ndarray, aligned: Any, score: float, start: float) -> PhotoScore:
+def _align_photo(image: Any, face_index: int, model: MDNet, search: str = "auto",
+                 keep_faces: bool = True, frame: bool = False) -> tuple[_Kept, Any]:
+    """Decode, find the faces, crop the chosen one (and, with ``keep_faces``, the others); keep a display copy.
+
+    The full-resolution decode lives only inside this call.
+    """
+    from mdnet.faces import align, align_face
+
+    photo = read_frame(image) if frame else read_photo(image)
+    size = model.cfg.preprocess.image_size
+    aligned = align(photo, size=size, face_index=int(face_index), search=search)
+    n = min(len(aligned.faces), MAX_FACES_KEPT) if keep_faces else 0
+    crops: list[np.ndarray | None] = [None] * max(n, aligned.face_index + 1)
+    for i in range(n):
+        crops[i] = aligned.image if i == aligned.face_index else align_face(photo, aligned.faces[i], size=size).image
+    crops[aligned.face_index] = aligned.image
+    small, f = _downscale(photo, DISPLAY_MAX_SIDE)
+    return _Kept(np.ascontiguousarray(small), f, tuple(crops)), aligned
+
+
+def _result(status: ModelStatus, kept: _Kept, aligned: Any, score: float, start: float) -> PhotoScore:
     model = status.model
     ref = score_reference(status)
     return PhotoScore(
@@ -339,7 +440,9 @@ def _result(status: ModelStatus, photo: np.ndarray, aligned: Any, score: float, 
         face_index=int(aligned.face_index),
         n_faces=len(aligned.faces),
         aligned=aligned,
-        photo=photo,
+        photo=kept.photo,
+        photo_scale=kept.scale,
+        crops=kept.crops,
         model_name=model.cfg.name,
         score_range=tuple(model.cfg.score_range),
         reference_source=None if ref is None else ref.source,
@@ -347,13 +450,20 @@ def _result(status: ModelStatus, photo: np.ndarray, aligned: Any, score: float, 
     )
 
 
+def _score_crop(model: MDNet, crop: np.ndarray) -> float:
+    faces = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1).unsqueeze(0)
+    return float(score_aligned(model, faces)[0])
+
+
 def score_photo(
-    image: Any, face_index: int = 0, *, status: ModelStatus | None = None, search: str = "auto"
+    image: Any, face_index: int = 0, *, status: ModelStatus | None = None, search: str = "auto",
+    keep_faces: bool = True,
 ) -> PhotoScore:
-    """Align face ``face_index`` (largest first) of a photo and score it; the webcam's fast path.
+    """Align face ``face_index`` (largest first) of a photo and score it.
 
     ``search``: how hard :func:`mdnet.faces.align` looks for faces (``"auto"``: fast, stops at the
-    first faces found; ``"thorough"``: every face of a group photo).
+    first faces found; ``"thorough"``: every face of a group photo). ``keep_faces``: also keep the
+    aligned crops of the other faces, so :func:`score_face` can score them later without the photo.
 
     Raises ``ModelUnavailableError``, ``UploadTooLargeError`` or an ``AlignError``: turn any of
     them into words with :func:`friendly_error`.
@@ -361,13 +471,48 @@ def score_photo(
     status = status or get_status()
     model = _require_model(status)
     start = time.perf_counter()
-    photo, aligned = _align_photo(image, face_index, model, search)
-    crop = torch.from_numpy(np.ascontiguousarray(aligned.image)).permute(2, 0, 1).unsqueeze(0)
-    return _result(status, photo, aligned, float(score_aligned(model, crop)[0]), start)
+    kept, aligned = _align_photo(image, face_index, model, search, keep_faces)
+    return _result(status, kept, aligned, _score_crop(model, aligned.image), start)
+
+
+def score_frame(frame: Any, *, status: ModelStatus | None = None) -> PhotoScore:
+    """The webcam's fast path: a frame within camera limits (:func:`read_frame`), the largest face, scored."""
+    status = status or get_status()
+    model = _require_model(status)
+    start = time.perf_counter()
+    kept, aligned = _align_photo(frame, 0, model, "auto", keep_faces=False, frame=True)
+    return _result(status, kept, aligned, _score_crop(model, aligned.image), start)
+
+
+def score_face(result: PhotoScore, face_index: int, *, status: ModelStatus | None = None) -> PhotoScore:
+    """Score another face of a photo already scored, from the crop kept in ``result`` (no file, no detection).
+
+    Raises :class:`mdnet.faces.FaceIndexError` for a face that was not found (or not kept).
+    """
+    from mdnet.faces import FaceIndexError
+
+    status = status or get_status()
+    model = _require_model(status)
+    start = time.perf_counter()
+    i = int(face_index)
+    crop = result.crops[i] if 0 <= i < len(result.crops) else None
+    if crop is None:
+        raise FaceIndexError(
+            f"Face number {i + 1} was asked for, but only {len(result.face_choices)} "
+            f"face{'s' if len(result.face_choices) > 1 else ''} can be chosen in this photo."
+        )
+    face = result.aligned.faces[i]
+    aligned = dataclasses.replace(
+        result.aligned, image=crop, box=face.box, keypoints=face.keypoints, transform=face.transform,
+        inverse_transform=face.inverse_transform, score=face.score, face_index=i,
+    )
+    kept = _Kept(result.photo, result.photo_scale, result.crops)
+    return _result(status, kept, aligned, _score_crop(model, crop), start)
 
 
 # =========================================================================== the full analysis
 VIEWS = ("crop", "photo")
+MAX_STEPS = 64  # Integrated Gradients steps: the most the page offers, and the most the API accepts
 
 
 @dataclass
@@ -401,7 +546,7 @@ class PhotoAnalysis:
                 "ig": _enlarge(viz.overlay(a.face, a.ig.signed, signed=True), CROP_DISPLAY),
             }
         small, f = _downscale(self.result.photo, DISPLAY_MAX_SIDE)
-        inverse = np.asarray(self.result.aligned.inverse_transform, dtype=np.float64) * f
+        inverse = np.asarray(self.result.aligned.inverse_transform, dtype=np.float64) * (f * self.result.photo_scale)
         return {
             "face": self.result.photo_view(),
             "attention": viz.overlay_on_photo(small, a.attention.cls, inverse),
@@ -468,20 +613,21 @@ def analyze_photo(
     *,
     status: ModelStatus | None = None,
     search: str = "auto",
+    frame: bool = False,
 ) -> PhotoAnalysis:
     """Score face ``face_index`` of a photo and explain the score (:func:`mdnet.explain.analyze`).
 
-    ``steps``: Integrated Gradients steps (default :data:`mdnet.explain.DEFAULT_STEPS`);
-    ``progress(fraction)`` is called as the analysis advances (0 to 1); ``search`` goes to
-    :func:`mdnet.faces.align` (``"thorough"`` finds every face of a group photo). Raises like
-    :func:`score_photo`.
+    ``steps``: Integrated Gradients steps (1 to :data:`MAX_STEPS`; default
+    :data:`mdnet.explain.DEFAULT_STEPS`); ``progress(fraction)`` is called as the analysis advances (0 to 1);
+    ``search`` goes to :func:`mdnet.faces.align` (``"thorough"`` finds every face of a group photo);
+    ``frame``: the input is a webcam frame (camera limits apply). Raises like :func:`score_photo`.
     """
     status = status or get_status()
     model = _require_model(status)
     steps = _check_steps(steps)
     start = time.perf_counter()
-    photo, aligned = _align_photo(image, face_index, model, search)
-    return _explain(status, photo, aligned, steps, progress, start)
+    kept, aligned = _align_photo(image, face_index, model, search, keep_faces=False, frame=frame)
+    return _explain(status, kept, aligned, steps, progress, start)
 
 
 def explain_result(
@@ -490,20 +636,21 @@ def explain_result(
     """The analysis of a face already found by :func:`score_photo` (no second decoding or detection)."""
     status = status or get_status()
     _require_model(status)
-    return _explain(status, result.photo, result.aligned, _check_steps(steps), progress, time.perf_counter())
+    kept = _Kept(result.photo, result.photo_scale, result.crops)
+    return _explain(status, kept, result.aligned, _check_steps(steps), progress, time.perf_counter())
 
 
 def _check_steps(steps: int | None) -> int:
     from mdnet.explain import DEFAULT_STEPS
 
     steps = DEFAULT_STEPS if steps is None else int(steps)
-    if not 1 <= steps <= 256:
-        raise ValueError(f"steps must be between 1 and 256, got {steps}")
+    if not 1 <= steps <= MAX_STEPS:
+        raise ValueError(f"steps must be between 1 and {MAX_STEPS}, got {steps}")
     return steps
 
 
 def _explain(
-    status: ModelStatus, photo: np.ndarray, aligned: Any, steps: int, progress: Progress | None, start: float
+    status: ModelStatus, kept: _Kept, aligned: Any, steps: int, progress: Progress | None, start: float
 ) -> PhotoAnalysis:
     from mdnet import explain
 
@@ -515,7 +662,7 @@ def _explain(
             progress(0.1 + 0.85 * fraction)
 
     analysis = explain.analyze(status.model, aligned, steps=steps, progress=ig_progress)
-    result = _result(status, photo, aligned, analysis.score, start)  # the same mirror-averaged score_aligned
+    result = _result(status, kept, aligned, analysis.score, start)  # the same mirror-averaged score_aligned
     if progress is not None:
         progress(1.0)
     return PhotoAnalysis(result=result, analysis=analysis, seconds=time.perf_counter() - start)

@@ -8,12 +8,16 @@ concurrent requests, and a server that keeps answering after bad input.
 
 from __future__ import annotations
 
+import base64
+import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import pytest
 from gradio_client import Client, handle_file
-from test_service import running_app
+from test_service import serving
 
 import app
 from mdnet import service
@@ -22,9 +26,14 @@ EXAMPLES = Path(app.__file__).resolve().parent / "assets" / "examples"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with running_app(tmp_path_factory.mktemp("ckpt") / "micro") as url:
-        yield url
+def served(tmp_path_factory):
+    with serving(tmp_path_factory.mktemp("ckpt") / "micro") as (url, demo):
+        yield url, demo
+
+
+@pytest.fixture(scope="module")
+def server(served):
+    return served[0]
 
 
 @pytest.fixture(scope="module")
@@ -76,17 +85,99 @@ def test_uploads_over_the_limit_are_refused(client, tmp_path):
     print(f"oversized upload: {err.value!r}")
 
 
-def test_concurrent_requests_all_complete_and_the_server_survives(client):
-    photos = [EXAMPLES / "astronaut.jpg", EXAMPLES / "coffee_no_face.jpg"] * 3
+def test_concurrent_requests_all_complete_and_the_server_survives(server, client, tmp_path):
+    """Three clients, two requests each, at once: all complete (within every client's bounds)."""
+    clients = [Client(server, verbose=False, download_files=str(tmp_path)) for _ in range(3)]
+    jobs = [(c, p) for c in clients for p in (EXAMPLES / "astronaut.jpg", EXAMPLES / "coffee_no_face.jpg")]
 
-    def call(path):
+    def call(job):
+        c, path = job
         try:
-            return client.predict(handle_file(path), 0, api_name="/score")["score"]
+            return c.predict(handle_file(path), 0, api_name="/score")["score"]
         except Exception as err:  # the no-face photos
             return str(err)
 
     with ThreadPoolExecutor(6) as pool:
-        results = list(pool.map(call, photos))
+        results = list(pool.map(call, jobs))
     assert all(isinstance(r, float) for r in results[::2])
     assert all("No face" in r for r in results[1::2])
     assert client.predict(handle_file(EXAMPLES / "astronaut.jpg"), 0, api_name="/score")["faces_found"] == 1
+
+
+# --------------------------------------------------------------------------- bounds for many users
+def test_the_api_says_what_it_refuses_with_a_stable_code(client):
+    from gradio_client.exceptions import AppError
+
+    for args, words in [((-1, 16, "crop"), "face_index"), ((0, 1000, "crop"), "steps"), ((0, 16, "xyz"), "view")]:
+        with pytest.raises(AppError) as err:
+            client.predict(handle_file(EXAMPLES / "astronaut.jpg"), *args, api_name="/analyze")
+        assert err.value.title == "bad_request" and words in err.value.message
+    with pytest.raises(AppError) as err:
+        client.predict(handle_file(EXAMPLES / "coffee_no_face.jpg"), 0, api_name="/score")
+    assert err.value.title == "no_face"
+
+
+def test_one_client_cannot_fill_the_queue(server, tmp_path):
+    """A flood of /analyze calls from one address is refused beyond its share; another client still scores."""
+    flooder = Client(server, verbose=False, headers={"X-Forwarded-For": "203.0.113.7"},
+                     download_files=str(tmp_path))
+    other = Client(server, verbose=False, headers={"X-Forwarded-For": "198.51.100.9"},
+                   download_files=str(tmp_path))
+    photo = handle_file(EXAMPLES / "astronaut.jpg")
+    jobs = [flooder.submit(photo, 0, 64, "crop", api_name="/analyze") for _ in range(16)]
+    start = time.perf_counter()
+    assert 1 <= other.predict(photo, 0, api_name="/score")["score"] <= 5
+    other_latency = time.perf_counter() - start
+    refused = accepted = 0
+    for job in jobs:
+        try:
+            job.result(timeout=120)
+            accepted += 1
+        except Exception as err:
+            assert "Too many requests from you" in str(getattr(getattr(err, "response", None), "text", err)), err
+            refused += 1
+    assert refused >= 16 - 2 * app.PER_ADDRESS["analysis"] and accepted >= 1
+    assert other_latency < 20, other_latency
+    print(f"flood: {accepted} accepted, {refused} refused; the other client's /score took {other_latency:.2f} s")
+
+
+def test_pages_send_safe_headers(server):
+    response = httpx.get(server)
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert "frame-ancestors" in response.headers["content-security-policy"]
+    assert "huggingface.co" in response.headers["content-security-policy"]
+
+
+def test_request_bodies_over_the_limit_are_refused_before_they_are_read(server):
+    body = b"{" + b" " * (app.MAX_BODY_BYTES + 10) + b"}"
+    response = httpx.post(f"{server.rstrip('/')}/gradio_api/queue/join", content=body,
+                          headers={"content-type": "application/json"}, timeout=60)
+    assert response.status_code == 413 and "larger than the server accepts" in response.json()["detail"]
+
+
+def _frame_url() -> str:
+    return "data:image/jpeg;base64," + base64.b64encode((EXAMPLES / "astronaut.jpg").read_bytes()).decode()
+
+
+def test_a_webcam_stream_that_goes_quiet_gives_back_its_slot(served, monkeypatch):
+    """Two raw connections that send one frame each and then nothing: their slots come back."""
+    url, demo = served
+    monkeypatch.setattr(app, "LIVE_IDLE_S", 1.0)
+    live = next(fn for fn in demo.fns.values() if fn.concurrency_id == "live")
+    camera = live.inputs[0]
+    sessions = [uuid.uuid4().hex for _ in range(2)]
+    for session in sessions:
+        body = {"data": [{"url": _frame_url(), "meta": {"_type": "gradio.FileData"}}], "fn_index": live._id,
+                "session_hash": session, "trigger_id": camera._id, "event_data": None}
+        assert httpx.post(f"{url.rstrip('/')}/gradio_api/queue/join", json=body, timeout=30).status_code == 200
+
+    def live_jobs():
+        return [e for e in demo._queue.event_ids_to_events.values() if e.concurrency_id == "live"]
+
+    deadline = time.monotonic() + 30
+    while not all(s in demo.handlers.live_seen for s in sessions) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert all(s in demo.handlers.live_seen for s in sessions), "the streams never got their first frame scored"
+    while live_jobs() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not live_jobs(), "quiet streams still hold their slots"

@@ -57,7 +57,8 @@ def test_a_saved_checkpoint_loads_through_the_service(tmp_path, micro):
 def test_app_talks_only_to_the_service():
     source = Path(app.__file__).read_text()
     imports = [line for line in source.splitlines() if line.startswith(("import ", "from "))]
-    assert all("mdnet" not in line or line == "from mdnet import service" for line in imports)
+    # the service, and the server's bounds (mdnet.limits: plain ASGI, no model)
+    assert all("mdnet" not in line or line == "from mdnet import limits, service" for line in imports)
 
 
 # --------------------------------------------------------------------------- the page
@@ -111,6 +112,32 @@ def test_several_faces_offer_a_choice(handlers):
     assert ok and state.face_index == 1 and "showing Face 2" in message
 
 
+def test_another_face_is_scored_from_memory_after_the_upload_is_gone(handlers, tmp_path):
+    """Gradio deletes uploads after a few minutes; picking Face 2 must not need the file any more."""
+    upload = tmp_path / "group.jpg"
+    upload.write_bytes((EXAMPLES / "two_faces.jpg").read_bytes())
+    message, dropdown, first, ok, *_ = handlers.new_photo(payload(upload), "crop")
+    assert ok and first.n_faces == 2
+    direct = handlers.quick(payload(upload), 1, "crop")[2]
+    upload.unlink()
+    message, dropdown, second, ok, score_md, face, *_ = handlers.pick_face(first, 1, "photo")
+    assert ok and second.face_index == 1 and "showing Face 2" in message and dropdown == gr.skip()
+    assert second.score == pytest.approx(direct.score, abs=1e-5)  # the same crop as a fresh detection
+    assert face.shape[2] == 3
+    # the report of the full analysis works as well as the quick result, and a missing face is a message
+    message, *_ = handlers.pick_face(first, 5, "crop")
+    assert "Face number 6" in message
+    assert "expired" in handlers.pick_face(None, 1, "crop")[0]
+
+
+def test_results_keep_a_display_copy_not_the_full_photo(handlers, tmp_path):
+    big = np.ascontiguousarray(np.kron(astronaut(), np.ones((8, 8, 1), np.uint8)))  # 4096 x 4096
+    result = handlers.quick(payload(save(tmp_path / "big.png", big)), 0, "crop")[2]
+    assert max(result.photo.shape[:2]) == service.DISPLAY_MAX_SIDE
+    assert result.nbytes < big.nbytes / 10
+    assert result.photo_view().shape == (service.DISPLAY_MAX_SIDE, service.DISPLAY_MAX_SIDE, 3)
+
+
 @pytest.mark.parametrize(
     ("make", "words"),
     [
@@ -143,10 +170,15 @@ def test_clearing_the_photo_clears_the_page(handlers):
 def test_live_scoring_and_freezing_a_frame(handlers):
     frame = astronaut()
     overlay, text, kept = handlers.live(frame)
-    assert "Live score" in text and overlay.shape[2] == 3 and kept is frame
+    assert "Live score" in text and overlay.shape[2] == 3 and np.array_equal(kept, frame)
     overlay, text, kept = handlers.live(np.full((240, 320, 3), 90, np.uint8))
     assert "No face was found" in text and overlay.shape == (240, 320, 3)
     assert all(v is gr.skip() or isinstance(v, dict) for v in handlers.live(None))
+    huge = f"data:image/png;base64,{'A' * (service.MAX_FRAME_BYTES * 4 // 3 + 8)}"
+    overlay, text, kept = handlers.live({"url": huge})
+    assert "larger than a webcam sends" in text and kept == gr.skip()
+    tall = np.zeros((5000, 3000, 3), np.uint8)
+    assert "larger than a webcam sends" in handlers.live(tall)[1]
     message, report, *panel = handlers.freeze(None, "crop", 16)
     assert "Start the camera" in message and report is None
     message, report, score_md, face, attention, ig, *_ = handlers.freeze(frame, "crop", 4,
@@ -154,8 +186,42 @@ def test_live_scoring_and_freezing_a_frame(handlers):
     assert isinstance(report, service.PhotoAnalysis) and ig.shape == face.shape
 
 
-def test_step_counts_from_the_page_or_the_api_are_clamped():
-    assert (app._steps(0), app._steps(1000), app._steps("x"), app._steps(None), app._steps(8.0)) == (1, 256, 16, 16, 8)
+def test_step_counts_from_the_page_are_clamped_to_what_it_offers():
+    assert (app._steps(0), app._steps(1000), app._steps("x"), app._steps(None), app._steps(8.0)) == (1, 64, 16, 16, 8)
+    assert max(app.STEPS_CHOICES) == service.MAX_STEPS
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        ((-1, 16, "crop"), "face_index"),
+        ((1.5, 16, "crop"), "face_index"),
+        (("two", 16, "crop"), "face_index"),
+        ((None, 16, "crop"), "face_index"),
+        ((0, 0, "crop"), "steps"),
+        ((0, 65, "crop"), "steps"),
+        ((0, 1000, "crop"), "steps"),
+        ((0, "x", "crop"), "steps"),
+        ((0, 16, "xyz"), "view"),
+    ],
+)
+def test_the_api_refuses_out_of_range_arguments_with_a_code(handlers, args, words):
+    with pytest.raises(gr.Error) as err:
+        handlers.api_analyze(payload(EXAMPLES / "astronaut.jpg"), *args)
+    assert err.value.title == "bad_request" and words in err.value.message
+    if args[0] != 0:
+        with pytest.raises(gr.Error) as err:
+            handlers.api_score(payload(EXAMPLES / "astronaut.jpg"), args[0])
+        assert err.value.title == "bad_request"
+
+
+def test_api_errors_carry_the_stable_code(handlers):
+    with pytest.raises(gr.Error) as err:
+        handlers.api_score(payload(EXAMPLES / "coffee_no_face.jpg"), 0)
+    assert err.value.title == "no_face" and "No face was found" in err.value.message
+    with pytest.raises(gr.Error) as err:
+        handlers.api_score(payload(EXAMPLES / "two_faces.jpg"), 7)
+    assert err.value.title == "face_index"
 
 
 def test_the_api_handlers_return_json_and_images(handlers):
@@ -177,3 +243,19 @@ def save(path: Path, rgb: np.ndarray) -> Path:
 
     Image.fromarray(np.ascontiguousarray(rgb)).save(path)
     return path
+
+
+def test_closing_the_page_drops_its_state_at_once(status):
+    """Gradio keeps a closed session's state for an hour; the app's unload handler deletes it now."""
+    from types import SimpleNamespace
+
+    demo = app.build_demo(status)
+    holder = demo.state_holder
+    state = next(b for b in demo.blocks.values() if isinstance(b, gr.State))
+    holder["page-1"][state._id] = np.zeros((1024, 1024, 3), np.uint8)
+    holder["page-2"][state._id] = "another page's results"
+    demo.handlers.live_seen["page-1"] = 0.0
+    demo.handlers.forget(SimpleNamespace(session_hash="page-1"))
+    assert state._id not in holder.session_data["page-1"].state_data and "page-1" not in demo.handlers.live_seen
+    assert holder.session_data["page-2"].state_data[state._id] == "another page's results"
+    assert any(t[1] == "unload" for fn in demo.fns.values() for t in fn.targets)  # wired to the page's close

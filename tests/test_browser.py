@@ -137,3 +137,128 @@ def test_the_webcam_shows_a_live_score_and_analyses_a_frozen_frame(page):
     page.locator("#webcam-regions img").wait_for()
     assert "on 1-5" in page.locator("#webcam-score").inner_text()
     screenshot(page, "browser-webcam.png")
+
+
+# --------------------------------------------------------------------------- many users at once
+def start_streaming(page) -> None:
+    page.get_by_role("tab", name="Webcam").click()
+    page.locator("#camera").get_by_text("Click to Access Webcam").click()
+    page.locator("#camera button[aria-label='capture photo']").click()
+    page.locator("#live-score").get_by_text("Live score").wait_for()
+
+
+def test_two_live_webcams_do_not_hold_up_photo_scoring(browser, url, tmp_path):
+    """Two visitors stream their camera; a third uploads a photo and an API client scores one: both answer."""
+    import time
+
+    from gradio_client import Client, handle_file
+
+    contexts = []
+    try:
+        for _ in range(2):
+            context = browser.new_context(viewport={"width": 1200, "height": 1400}, permissions=["camera"])
+            contexts.append(context)
+            streamer = context.new_page()
+            streamer.set_default_timeout(TIMEOUT_MS)
+            streamer.goto(url, wait_until="load")
+            start_streaming(streamer)
+        context = browser.new_context(viewport={"width": 1200, "height": 1400})
+        contexts.append(context)
+        uploader = context.new_page()
+        uploader.set_default_timeout(TIMEOUT_MS)
+        uploader.goto(url, wait_until="load")
+        start = time.perf_counter()
+        uploader.locator("#photo input[type=file]").set_input_files(str(EXAMPLES / "astronaut.jpg"))
+        uploader.locator("#upload-score h2").wait_for()
+        upload_s = time.perf_counter() - start
+        client = Client(url, verbose=False, download_files=str(tmp_path))
+        start = time.perf_counter()
+        assert 1 <= client.predict(handle_file(EXAMPLES / "astronaut.jpg"), 0, api_name="/score")["score"] <= 5
+        score_s = time.perf_counter() - start
+        for c in contexts[:2]:  # both streams were still live throughout
+            assert "Live score" in c.pages[0].locator("#live-score").inner_text()
+        print(f"with two live webcams: upload scored in {upload_s:.1f} s, /score answered in {score_s:.1f} s")
+        assert upload_s < 20 and score_s < 20, (upload_s, score_s)
+    finally:
+        for c in contexts:
+            c.close()
+
+
+def test_a_closed_page_gives_its_photos_memory_back(browser, tmp_path):
+    """Large-photo sessions raise the server's memory; closing their pages brings it back near the start."""
+    import subprocess
+    import sys
+    import time
+
+    from PIL import Image
+    from test_service import make_checkpoint
+
+    big = Image.fromarray(astronaut()).resize((6000, 6000), Image.BILINEAR)  # 108 MB decoded, ~3 MB as JPEG
+    photo = tmp_path / "big.jpg"
+    big.save(photo, quality=80)
+    checkpoint = make_checkpoint(tmp_path / "micro")
+    port = _free_port()
+    env = dict(os.environ, GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port),
+               MDNET_CHECKPOINT=str(checkpoint), GRADIO_ANALYTICS_ENABLED="False")
+    log = open(tmp_path / "server.log", "w")  # noqa: SIM115
+    server = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        _wait_for_page(browser, url, server)
+
+        def session(path: Path) -> float:
+            context = browser.new_context(viewport={"width": 1200, "height": 1400})
+            page = context.new_page()
+            page.set_default_timeout(TIMEOUT_MS)
+            page.goto(url, wait_until="load")
+            page.locator("#photo input[type=file]").set_input_files(str(path))
+            page.locator("#upload-ig img").first.wait_for()
+            rss = _rss_mib(server.pid)
+            context.close()  # the page closes: its session ends
+            return rss
+
+        session(EXAMPLES / "astronaut.jpg")  # warm up: the model's, detector's and plots' one-time memory
+        time.sleep(4)
+        baseline = _rss_mib(server.pid)
+        held = [session(photo) for _ in range(3)]
+        time.sleep(8)  # the server notices the closed connections
+        after = _rss_mib(server.pid)
+        print(f"server RSS MiB: warm baseline {baseline:.0f}, with 6000x6000 sessions {[round(h) for h in held]}, "
+              f"after closing them {after:.0f}")
+        assert after - baseline < 100, (baseline, held, after)
+    finally:
+        server.terminate()
+        server.wait(30)
+        log.close()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_page(browser, url: str, server, timeout: float = 180) -> None:
+    import time
+
+    import httpx
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert server.poll() is None, "the app exited before answering"
+        try:
+            if httpx.get(url, timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise TimeoutError(url)
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")

@@ -13,6 +13,7 @@ import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -42,8 +43,11 @@ def make_checkpoint(folder: Path) -> Path:
 
 
 @contextlib.contextmanager
-def running_app(folder: Path) -> Iterator[str]:
-    """``python app.py`` in this process on a free local port, over a micro checkpoint saved in ``folder``: its URL."""
+def serving(folder: Path) -> Iterator[tuple[str, Any]]:
+    """``python app.py`` in this process on a free local port, over a micro checkpoint saved in ``folder``.
+
+    Yields ``(url, demo)``; the server has the app's bounds (its ``launch_kwargs``).
+    """
     import app
 
     with socket.socket() as s:
@@ -51,11 +55,18 @@ def running_app(folder: Path) -> Iterator[str]:
         port = s.getsockname()[1]
     demo = app.build_demo(service.load_model(make_checkpoint(folder)))
     _, url, _ = demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                            **app.launch_kwargs())
+                            **app.launch_kwargs(demo))
     try:
-        yield url
+        yield url, demo
     finally:
         demo.close()
+
+
+@contextlib.contextmanager
+def running_app(folder: Path) -> Iterator[str]:
+    """:func:`serving`, when only the URL is needed."""
+    with serving(folder) as (url, _):
+        yield url
 
 
 def astronaut() -> np.ndarray:

@@ -26,6 +26,11 @@ ImageInput = Union[str, os.PathLike, bytes, bytearray, memoryview, IO[bytes], Im
 MAX_PIXELS = 100_000_000  # refuse images above 100 megapixels (bounds memory: 300 MB as RGB)
 MAX_ASPECT_RATIO = 10.0  # refuse panoramas / strips longer than 10:1
 BACKGROUND = (255, 255, 255)  # transparent pixels are composited onto white
+# The formats we decode, on purpose (Pillow's names): anything else is refused before a decoder runs, so that,
+# for example, an EPS upload is never handed to Ghostscript. (Pillow's JPEG opener also reads the multi-picture
+# JPEGs of many phones, as "MPO".)
+FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
+FORMATS_TEXT = "JPEG, PNG, WebP, BMP or GIF"
 
 
 def load_rgb(
@@ -100,7 +105,7 @@ def _open_image(source: object) -> Image.Image:
         with warnings.catch_warnings():
             # our own max_pixels check replaces PIL's decompression-bomb warning
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            return Image.open(fp)  # type: ignore[arg-type]
+            return Image.open(fp, formats=FORMATS)  # type: ignore[arg-type]
     except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(
             f"This image is far too large to process (the limit is {MAX_PIXELS // 1_000_000} megapixels). "
@@ -109,7 +114,7 @@ def _open_image(source: object) -> Image.Image:
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ImageDecodeError(
             "This file is not an image we can read (it may be damaged, or another kind of file). "
-            "Please upload a JPEG, PNG, WebP, BMP or GIF photo."
+            f"Please upload a {FORMATS_TEXT} photo."
         ) from exc
 
 

@@ -26,6 +26,7 @@ JOBS: dict[str, tuple[str, str]] = {
     "baseline": ("mdnet.training.baseline", "fine-tune the ImageNet MobileNetV2 baseline"),
     "model-card": ("mdnet.training.model_card", "write a checkpoint's model card from its training runs"),
     "score-distribution": ("mdnet.percentiles", "store the training scores' quantiles beside a checkpoint"),
+    "align-folder": ("mdnet.faces.unlabeled", "align a folder of unlabeled faces (UTKFace) into the crop cache"),
 }
 APP = Path(__file__).resolve().parent.parent / "app.py"
 

@@ -3,12 +3,15 @@
 The data flow of the package starts here: :func:`load_rgb` (``io``) decodes any photo,
 :func:`detect_faces` (``detect``) finds the faces with MediaPipe, and :func:`align`
 (``aligner``) warps one onto the template (``transform``). Training, evaluation and the app all
-preprocess through these same functions. ``scut`` reads SCUT-FBP5500 in its official layout.
+preprocess through these same functions. ``scut`` reads SCUT-FBP5500 in its official layout,
+``unlabeled`` any folder of face photos (UTKFace by default), both through the same cache;
+``augment`` perturbs photos and crops the way a snapshot differs from a lab photo.
 
     from mdnet.faces import align, load_rgb, NoFaceError
 """
 
 from mdnet.faces.aligner import MIN_FACE_SIZE, AlignedFace, align, align_face
+from mdnet.faces.augment import ROBUSTNESS_TRANSFORMS, CameraAugment, perturb_photo
 from mdnet.faces.detect import (
     DETECTOR_MODEL_PATH,
     KEYPOINT_NAMES,
@@ -48,10 +51,12 @@ __all__ = [
     "MAX_PIXELS",
     "MIN_FACE_SIZE",
     "TEMPLATE",
+    "ROBUSTNESS_TRANSFORMS",
     "TEMPLATE_WEIGHTS",
     "AlignError",
     "AlignedFace",
     "AspectRatioError",
+    "CameraAugment",
     "DetectorModelError",
     "EmptyImageError",
     "Face",
@@ -71,5 +76,6 @@ __all__ = [
     "get_detector",
     "invert_transform",
     "load_rgb",
+    "perturb_photo",
     "warp",
 ]

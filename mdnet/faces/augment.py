@@ -395,14 +395,13 @@ ROBUSTNESS_TRANSFORMS: dict[str, PhotoTransform] = {
     t.name: t
     for t in (
         PhotoTransform("jpeg_q25", "JPEG re-save at quality 25 (4:2:0)", lambda x: jpeg(x, 25)),
-        PhotoTransform("downscale_25", "resolution cut to 25 % of the side, then back up to the same size",
-                       lambda x: downscale(x, 0.25)),
+        PhotoTransform("downscale_25", "a smaller photo: 25 % of the side (area averaging)",
+                       lambda x: rescale(x, 0.25)),
         PhotoTransform("contrast_1.3", "contrast x1.3 about the mean grey level", lambda x: contrast(x, 1.3)),
         PhotoTransform("blur_1.5", "Gaussian blur, sigma 1.5 px", lambda x: gaussian_blur(x, 1.5)),
         PhotoTransform("rotate_20", "rotated 20 degrees counter-clockwise, canvas expanded", lambda x: rotate(x, 20)),
         PhotoTransform("brightness_0.7", "brightness x0.7 (under-exposed)", lambda x: brightness(x, 0.7)),
-        PhotoTransform("downscale_40", "resolution cut to 40 % of the side, then back up to the same size",
-                       lambda x: downscale(x, 0.4)),
+        PhotoTransform("downscale_40", "a smaller photo: 40 % of the side (area averaging)", lambda x: rescale(x, 0.4)),
         PhotoTransform("pad_3x", "centred in a canvas 3x as wide and tall, filled with its border colour",
                        lambda x: pad_canvas(x, 3.0)),
         PhotoTransform("mirror", "flipped left-right", mirror),

@@ -3,7 +3,8 @@
 ``config`` (dataclass configs and the ``tiny`` / ``paper`` / ``micro`` presets), ``prior`` (the
 frozen generative-prior stream), ``vim`` and ``ssm`` (Vision Mamba and its selective scan:
 reference and fast paths), ``fusion`` (cross-attention), ``mdnet`` (:class:`MDNet`: prior + Vim +
-fusion + head), ``taef2`` (the pretrained TAEF2 autoencoder, weights from ../shared) and ``checkpoint`` (safetensors + config, from a folder or a hub id).
+fusion + head), ``taef2`` (the pretrained TAEF2 autoencoder, weights from ../shared) and
+``checkpoint`` (safetensors + config, from a folder or a hub id).
 
     from mdnet.models import MDNet
     model = MDNet.from_pretrained("checkpoints/default")

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import random
 import re
+import uuid
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,6 +174,11 @@ def aligned_faces(
     An image where no face is found is kept, resized whole (SCUT images are
     already frontal, centred faces), and its name is returned in the second
     value so callers count and report it.
+
+    Several processes may build the same cache at once: each writes its own
+    temporary file and renames it into place (atomic), so a reader finds a
+    whole PNG or none, and an unreadable cached file is rebuilt. (Training
+    lets the main process build it first, then the others read it.)
     """
     from mdnet.faces import AlignError, align, load_rgb
 
@@ -179,9 +186,8 @@ def aligned_faces(
     unaligned: list[str] = []
     for i, s in enumerate(tqdm(samples, desc=f"aligning faces ({size} px)", leave=False)):
         cached = _cache_path(Path(cache_dir), size, s.name) if cache_dir else None
-        if cached is not None and cached.is_file():
-            crop = np.array(Image.open(cached).convert("RGB"))
-        else:
+        crop = _read_cached(cached) if cached is not None else None
+        if crop is None:
             rgb = load_rgb(s.path)
             try:
                 crop = align(rgb, size=size).image
@@ -190,9 +196,28 @@ def aligned_faces(
                 crop = np.asarray(Image.fromarray(rgb).resize((size, size), Image.BILINEAR))
             else:
                 if cached is not None:
-                    cached.parent.mkdir(parents=True, exist_ok=True)
-                    tmp = cached.with_suffix(".tmp.png")
-                    Image.fromarray(crop).save(tmp)
-                    tmp.replace(cached)
+                    _write_atomically(crop, cached)
         out[i] = torch.from_numpy(np.array(crop)).permute(2, 0, 1)
     return out, unaligned
+
+
+def _read_cached(path: Path) -> np.ndarray | None:
+    """A cached crop, or None when it is missing or unreadable (then it is built again)."""
+    if not path.is_file():
+        return None
+    try:
+        with Image.open(path) as im:
+            return np.array(im.convert("RGB"))
+    except (OSError, SyntaxError, ValueError):
+        return None
+
+
+def _write_atomically(crop: np.ndarray, path: Path) -> None:
+    """Write a PNG under a name no other process uses, then rename it into place (atomic on one file system)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp.png")
+    try:
+        Image.fromarray(crop).save(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

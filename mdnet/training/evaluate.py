@@ -7,18 +7,24 @@
 validation part of ``60-40/train`` and the rest of it (``--val-fraction``,
 ``--seed``, as in training). Faces go through the same alignment and scoring as
 the app (mirror-averaged). Images where no face is found are scored whole (SCUT
-images are centred frontal faces), counted under ``unaligned`` and listed.
+images are centred frontal faces), counted under ``unaligned`` and listed. Under
+``accelerate launch -m mdnet evaluate ...`` the processes share the faces; the main
+process prints and writes the result.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from contextlib import nullcontext
 from pathlib import Path
+
+from accelerate import Accelerator
 
 from mdnet.faces.scut import Sample, ScutFBP5500, aligned_faces, stratified_split
 from mdnet.models.checkpoint import DEFAULT_CHECKPOINT, default_device
 from mdnet.models.mdnet import score_aligned
+from mdnet.training import distributed as dist
 from mdnet.training.metrics import format_table, report
 
 
@@ -30,16 +36,25 @@ def resolve_split(ds: ScutFBP5500, split: str, val_fraction: float = 0.1, seed: 
 
 
 def evaluate(checkpoint: str, data_root: str, split: str, cache: str | None = "cache", tta: bool = True,
-             val_fraction: float = 0.1, seed: int = 0, modes: tuple[str, ...] = ("full",)) -> dict:
+             val_fraction: float = 0.1, seed: int = 0, modes: tuple[str, ...] = ("full",),
+             accelerator: Accelerator | None = None) -> dict:
+    """The metrics of ``checkpoint`` on ``split``. With an ``accelerator`` of several processes, each
+    scores its share of the faces (every face counted once) and all get the same result."""
     from mdnet.models.checkpoint import load_checkpoint
 
-    model = load_checkpoint(checkpoint, device=default_device())
     samples = resolve_split(ScutFBP5500(data_root), split, val_fraction, seed)
-    faces, unaligned = aligned_faces(samples, model.cfg.preprocess.image_size, cache)
+    shared = dist.shared_work_first(accelerator) if accelerator is not None else nullcontext()
+    with shared:  # a hub download and the alignment cache, once
+        model = load_checkpoint(checkpoint, device=accelerator.device if accelerator else default_device())
+        faces, unaligned = aligned_faces(samples, model.cfg.preprocess.image_size, cache)
     targets, groups = [s.score for s in samples], [s.group for s in samples]
     result: dict = {}
     for mode in modes:
-        scores = score_aligned(model, faces, tta=tta, mode=mode).tolist()
+        if accelerator is None:
+            scores = score_aligned(model, faces, tta=tta, mode=mode).tolist()
+        else:
+            scores = dist.sharded_map(accelerator, lambda idx, mode=mode: score_aligned(
+                model, faces[idx.cpu()], tta=tta, mode=mode), len(faces), 32).tolist()
         result[mode] = report(scores, targets, groups)
     out = dict(result["full"] if "full" in result else result[modes[0]])
     out.update(split=split, checkpoint=str(checkpoint), tta=tta, unaligned=len(unaligned),
@@ -64,8 +79,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     modes = ("full", "prior_only", "vim_only") if args.ablation else ("full",)
+    accelerator = dist.make_accelerator() if dist.launched_processes() > 1 else None  # accelerate launch / torchrun
     result = evaluate(args.checkpoint, args.data_root, args.split, args.cache or None, not args.no_tta,
-                      args.val_fraction, args.seed, modes)
+                      args.val_fraction, args.seed, modes, accelerator)
+    if accelerator is not None and not accelerator.is_main_process:
+        return result
     print(f"{args.split}: {result['n']} faces, {result['unaligned']} without a detected face (scored whole)\n")
     print(format_table(result))
     for mode, m in result.get("modes", {}).items():

@@ -14,7 +14,9 @@ on the aligned training faces (the same crops MD-Net sees):
 Writes ``OUTPUT/vae``, ``OUTPUT/unet`` (diffusers folders), ``OUTPUT/losses.json``,
 ``OUTPUT/losses.png``, ``OUTPUT/samples.png`` (faces drawn from noise by the
 trained model, DDIM 50 steps) and ``OUTPUT/reconstructions.png`` (training faces
-above their VAE reconstructions: dataset images, so keep it out of any repository)::
+above their VAE reconstructions: dataset images, so keep it out of any repository).
+Runs on one process or, under ``accelerate launch -m mdnet pretrain-prior``, on several,
+each training on its share of every global batch (:mod:`mdnet.training.distributed`)::
 
     mdnet pretrain-prior --data-root ../shared/data/scut-fbp5500 --output runs/prior
 """
@@ -28,94 +30,144 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from accelerate import Accelerator
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from torch import nn
 from tqdm import tqdm
 
 from mdnet.models.config import get_config
+from mdnet.training import distributed as dist
 
 
-def _batches(n: int, batch_size: int, gen: torch.Generator):
-    order = torch.randperm(n, generator=gen)
-    for i in range(0, n - batch_size + 1, batch_size):
-        yield order[i : i + batch_size]
+class VAEObjective(nn.Module):
+    """Per-face VAE loss: L1 reconstruction of the posterior sample plus ``kl_weight`` x KL.
 
-
-def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    flip = torch.rand(x.shape[0], generator=gen) < 0.5
-    return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
-
-
-def _fit(name: str, params, steps: int, lr: float, weight_decay: float, pct_start: float, n: int,
-         batch_size: int, gen: torch.Generator, loss_fn, clip: float | None = None) -> list[float]:
-    """AdamW with a one-cycle schedule for ``steps`` steps over shuffled batches of ``n`` items.
-
-    ``loss_fn(indices)`` returns the batch loss. Returns the per-step loss.
+    A module, so that Accelerate's DDP wrapper sees the whole step in ``forward``.
     """
-    params = list(params)
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+    def __init__(self, vae: AutoencoderKL, kl_weight: float):
+        super().__init__()
+        self.vae, self.kl_weight = vae, kl_weight
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        x = batch["image"]
+        posterior = self.vae.encode(x).latent_dist
+        recon = self.vae.decode(posterior.sample(generator=None)).sample  # the process's own RNG
+        return (recon - x).abs().flatten(1).mean(1) + self.kl_weight * posterior.kl()
+
+
+class NoiseObjective(nn.Module):
+    """Per-latent DDPM loss: MSE of the U-Net's noise prediction, conditioned on the fixed empty prompt."""
+
+    def __init__(self, unet: UNet2DConditionModel, context: torch.Tensor):
+        super().__init__()
+        self.unet = unet
+        self.register_buffer("context", context, persistent=False)
+        self.noise_sched = DDPMScheduler(**get_config("tiny").prior.scheduler)
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        x0, noise, t = batch["latent"], batch["noise"], batch["t"]
+        noisy = self.noise_sched.add_noise(x0, noise, t)
+        pred = self.unet(noisy, t, encoder_hidden_states=self.context.expand(len(t), -1, -1)).sample
+        return (pred - noise).pow(2).flatten(1).mean(1)
+
+
+def _fit(accelerator: Accelerator, name: str, objective: nn.Module, data: dist.DrawDataset,
+         sampler: dist.GlobalBatches, steps: int, lr: float, weight_decay: float, pct_start: float,
+         clip: float | None = None) -> tuple[list[float], nn.Module]:
+    """AdamW with a one-cycle schedule for ``steps`` optimizer steps over the sampler's global batches.
+
+    ``objective(batch)`` returns per-item losses. Returns (the per-step loss of the global batch,
+    the trained objective, unwrapped).
+    """
+    if sampler.batches_per_epoch() == 0:
+        raise ValueError(f"{name}: the batch ({sampler.batch_size}) is larger than the {sampler.n} training items")
+    opt = torch.optim.AdamW(objective.parameters(), lr=lr, weight_decay=weight_decay)
+    model, opt = accelerator.prepare(objective, opt)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=pct_start)
+    loader = dist.train_loader(accelerator, data, sampler)
     losses: list[float] = []
-    bar = tqdm(total=steps, desc=name)
+    bar = tqdm(total=steps, desc=name, disable=not accelerator.is_local_main_process)
+    model.train()
+    epoch, step_loss = 0, 0.0
     while len(losses) < steps:
-        for idx in _batches(n, batch_size, gen):
-            loss = loss_fn(idx)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if clip is not None:
-                torch.nn.utils.clip_grad_norm_(params, clip)
-            opt.step()
-            sched.step()
-            losses.append(loss.item())
-            bar.update()
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-            if len(losses) == steps:
-                break
+        loader.set_epoch(epoch)
+        seen: list[int] = []
+        for batch in loader:
+            with accelerator.accumulate(model):
+                loss, share = dist.batch_loss(accelerator, model(batch).float(), batch)
+                accelerator.backward(loss)
+                if clip is not None and accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), clip)
+                opt.step()
+                if accelerator.sync_gradients and not opt.step_was_skipped:
+                    sched.step()
+                opt.zero_grad(set_to_none=True)
+            step_loss += share
+            seen += [i for i, w in zip(batch["index"].tolist(), batch["weight"].tolist(), strict=True) if w > 0]
+            if accelerator.sync_gradients:
+                losses.append(dist.reduce_sum(accelerator, step_loss))
+                step_loss = 0.0
+                bar.update()
+                bar.set_postfix(loss=f"{losses[-1]:.4f}")
+                if len(losses) == steps:
+                    break
+        dist.debug_record(accelerator, job=f"pretrain-prior {name}", epoch=epoch + 1, samples=seen)
+        epoch += 1
     bar.close()
-    return losses
+    model = accelerator.unwrap_model(model)
+    model.eval()
+    return losses, model
 
 
-def train_vae(vae: AutoencoderKL, faces: torch.Tensor, steps: int, batch_size: int, lr: float,
-              kl_weight: float, gen: torch.Generator) -> list[float]:
-    """faces: (n, 3, s, s) in [-1, 1]. Returns the per-step loss."""
+def train_vae(accelerator: Accelerator, vae: AutoencoderKL, faces: torch.Tensor, steps: int, batch_size: int,
+              lr: float, kl_weight: float, seed: int) -> list[float]:
+    """faces: (n, 3, s, s) in [-1, 1], mirrored at random. Returns the per-step loss."""
 
-    def loss_fn(idx):
-        x = _augment(faces[idx], gen)
-        posterior = vae.encode(x).latent_dist
-        recon = vae.decode(posterior.sample(generator=None)).sample
-        return F.l1_loss(recon, x) + kl_weight * posterior.kl().mean()
+    def flips(idx: torch.Tensor, gen: torch.Generator) -> list[tuple]:
+        return [(f,) for f in (torch.rand(len(idx), generator=gen) < 0.5).tolist()]
 
-    vae.train()
-    losses = _fit("VAE", vae.parameters(), steps, lr, 0.0, 0.1, len(faces), batch_size, gen, loss_fn)
-    vae.eval()
+    data = dist.DrawDataset(len(faces), lambda d: {"image": faces[d.index].flip(-1) if d.aug[0] else faces[d.index]})
+    sampler = dist.GlobalBatches(len(faces), batch_size, seed, flips, shards=dist.shards(accelerator))
+    losses, _ = _fit(accelerator, "VAE", VAEObjective(vae, kl_weight), data, sampler, steps, lr, 0.0, 0.1)
     return losses
 
 
 @torch.no_grad()
-def encode_all(vae: AutoencoderKL, faces: torch.Tensor, batch: int = 64) -> torch.Tensor:
-    """Unscaled latent means of faces and their mirror images: (2n, c, h, w)."""
-    out = []
-    for i in range(0, len(faces), batch):
-        x = faces[i : i + batch]
-        out += [vae.encode(x).latent_dist.mean, vae.encode(x.flip(-1)).latent_dist.mean]
-    return torch.cat(out)
+def encode_all(vae: AutoencoderKL, faces: torch.Tensor, batch: int = 64,
+               accelerator: Accelerator | None = None) -> torch.Tensor:
+    """Unscaled latent means of faces, then of their mirror images: (2n, c, h, w).
+
+    With an ``accelerator``, the processes share the work and each gets every latent.
+    """
+    device = next(vae.parameters()).device
+
+    def means(idx: torch.Tensor) -> list[torch.Tensor]:
+        x = faces[idx.cpu()].to(device)
+        return [vae.encode(x).latent_dist.mean, vae.encode(x.flip(-1)).latent_dist.mean]
+
+    if accelerator is None:
+        parts = [means(torch.arange(i, min(i + batch, len(faces)))) for i in range(0, len(faces), batch)]
+        plain, mirrored = (torch.cat(p).cpu() for p in zip(*parts, strict=True))
+    else:
+        plain, mirrored = dist.sharded_map(accelerator, means, len(faces), batch)
+    return torch.cat([plain, mirrored])
 
 
-def train_unet(unet: UNet2DConditionModel, latents: torch.Tensor, context: torch.Tensor, steps: int,
-               batch_size: int, lr: float, gen: torch.Generator) -> list[float]:
+def train_unet(accelerator: Accelerator, unet: UNet2DConditionModel, latents: torch.Tensor, context: torch.Tensor,
+               steps: int, batch_size: int, lr: float, seed: int) -> list[float]:
     """DDPM epsilon-prediction on scaled latents (n, c, h, w). Returns the per-step loss."""
-    noise_sched = DDPMScheduler(**get_config("tiny").prior.scheduler)
+    timesteps = get_config("tiny").prior.scheduler["num_train_timesteps"]
 
-    def loss_fn(idx):
-        x0 = latents[idx]
-        noise = torch.randn(x0.shape, generator=gen)
-        t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(idx),), generator=gen)
-        pred = unet(noise_sched.add_noise(x0, noise, t), t, encoder_hidden_states=context.expand(len(idx), -1, -1))
-        return F.mse_loss(pred.sample, noise)
+    def noise_and_time(idx: torch.Tensor, gen: torch.Generator) -> list[tuple]:
+        noise = torch.randn((len(idx), *latents.shape[1:]), generator=gen)
+        t = torch.randint(0, timesteps, (len(idx),), generator=gen).tolist()
+        return list(zip(noise, t, strict=True))
 
-    unet.train()
-    losses = _fit("U-Net", unet.parameters(), steps, lr, 1e-2, 0.05, len(latents), batch_size, gen, loss_fn,
-                  clip=1.0)
-    unet.eval()
+    data = dist.DrawDataset(len(latents), lambda d: {"latent": latents[d.index], "noise": d.aug[0], "t": d.aug[1]})
+    sampler = dist.GlobalBatches(len(latents), batch_size, seed, noise_and_time, shards=dist.shards(accelerator))
+    losses, _ = _fit(accelerator, "U-Net", NoiseObjective(unet, context), data, sampler, steps, lr, 1e-2, 0.05,
+                     clip=1.0)
     return losses
 
 
@@ -166,41 +218,55 @@ def plot_losses(losses: dict[str, list[float]], path: Path) -> None:
 
 
 def pretrain(faces: torch.Tensor, output: Path, preset: str = "tiny", vae_steps: int = 600, unet_steps: int = 3000,
-             batch_size: int = 32, seed: int = 0) -> dict:
-    """faces: uint8 (n, 3, s, s) aligned training faces at the prior's image size."""
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
+             batch_size: int = 32, seed: int = 0, accelerator: Accelerator | None = None) -> dict:
+    """faces: uint8 (n, 3, s, s) aligned training faces at the prior's image size.
+
+    ``batch_size`` is the VAE's global batch (the U-Net's is twice that: it also sees the mirror
+    images' latents). With several processes each trains on its share of every batch; only the
+    main process writes ``output``.
+    """
+    accelerator = accelerator or dist.make_accelerator()
+    torch.manual_seed(seed)  # the same initial models on every process
     cfg = get_config(preset).prior
     size = cfg.image_size
     x = faces.float() / 127.5 - 1
     if x.shape[-1] != size:
         x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    output.mkdir(parents=True, exist_ok=True)
-    start = time.time()
     vae = AutoencoderKL(**cfg.vae)
-    vae_losses = train_vae(vae, x, vae_steps, batch_size, 1e-3, 1e-6, gen)
-    latents = encode_all(vae, x)
+    unet = UNet2DConditionModel(**cfg.unet)
+    context = torch.zeros(1, cfg.prompt_length, unet.config.cross_attention_dim)
+    dist.seed_per_process(accelerator, seed)
+    start = time.time()
+    vae_losses = train_vae(accelerator, vae, x, vae_steps, batch_size, 1e-3, 1e-6, seed)
+    latents = encode_all(vae, x, accelerator=accelerator)
     scale = float(1.0 / latents.std())
     vae.register_to_config(scaling_factor=scale)
     vae_minutes = (time.time() - start) / 60
-    unet = UNet2DConditionModel(**cfg.unet)
-    context = torch.zeros(1, cfg.prompt_length, unet.config.cross_attention_dim)
-    unet_losses = train_unet(unet, latents * scale, context, unet_steps, 2 * batch_size, 5e-4, gen)
+    unet_losses = train_unet(accelerator, unet, latents * scale, context.to(accelerator.device), unet_steps,
+                             2 * batch_size, 5e-4, seed * 1000 + 1)
     minutes = (time.time() - start) / 60
-    vae.save_pretrained(output / "vae")
-    unet.save_pretrained(output / "unet")
-    save_grid(sample_faces(unet, vae, context, seed=seed), output / "samples.png")
-    with torch.no_grad():
-        recon = vae.decode(vae.encode(x[:8]).latent_dist.mean).sample
-    save_grid(torch.cat([(x[:8] + 1) / 2, ((recon + 1) / 2).clamp(0, 1)]), output / "reconstructions.png", cols=8)
-    plot_losses({"VAE": vae_losses, "U-Net": unet_losses}, output / "losses.png")
     summary = {
         "faces": len(faces), "vae_steps": vae_steps, "unet_steps": unet_steps, "batch_size": batch_size,
-        "latent_scaling_factor": scale, "vae_minutes": vae_minutes, "total_minutes": minutes,
-        "vae_final_loss": sum(vae_losses[-50:]) / len(vae_losses[-50:]),
+        "processes": accelerator.num_processes, "latent_scaling_factor": scale, "vae_minutes": vae_minutes,
+        "total_minutes": minutes, "vae_final_loss": sum(vae_losses[-50:]) / len(vae_losses[-50:]),
         "unet_final_loss": sum(unet_losses[-100:]) / len(unet_losses[-100:]),
     }
-    (output / "losses.json").write_text(json.dumps({**summary, "vae": vae_losses, "unet": unet_losses}) + "\n")
+    if accelerator.is_main_process:
+        vae, unet = vae.cpu(), unet.cpu()
+        output.mkdir(parents=True, exist_ok=True)
+        vae.save_pretrained(output / "vae")
+        unet.save_pretrained(output / "unet")
+        save_grid(sample_faces(unet, vae, context, seed=seed), output / "samples.png")
+        with torch.no_grad():
+            recon = vae.decode(vae.encode(x[:8]).latent_dist.mean).sample
+        save_grid(torch.cat([(x[:8] + 1) / 2, ((recon + 1) / 2).clamp(0, 1)]), output / "reconstructions.png",
+                  cols=8)
+        plot_losses({"VAE": vae_losses, "U-Net": unet_losses}, output / "losses.png")
+        (output / "losses.json").write_text(json.dumps({**summary, "vae": vae_losses, "unet": unet_losses}) + "\n")
+        dist.debug_record(accelerator, wrote=[str(output / n) for n in ("vae", "unet", "samples.png",
+                                                                          "reconstructions.png", "losses.png",
+                                                                          "losses.json")])
+    accelerator.wait_for_everyone()
     return summary
 
 
@@ -218,13 +284,21 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--vae-steps", type=int, default=600)
     parser.add_argument("--unet-steps", type=int, default=3000)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=32,
+                        help="the VAE's global batch per optimizer step, shared by all processes and accumulation "
+                             "steps (the U-Net's is twice that)")
     parser.add_argument("--seed", type=int, default=0)
+    dist.add_arguments(parser)
     args = parser.parse_args(argv)
+    accelerator = dist.make_accelerator(args.mixed_precision, args.gradient_accumulation_steps)
+    if error := dist.check_batch_size(accelerator, args.batch_size):
+        parser.error(error)
     ds = ScutFBP5500(args.data_root)
     train, _ = stratified_split(ds.split(args.split), args.val_fraction, args.seed)
     # The same aligned crops MD-Net trains on, downsized to the prior's resolution in pretrain().
-    faces, _ = aligned_faces(train, get_config(args.preset).preprocess.image_size, args.cache)
+    with dist.shared_work_first(accelerator):
+        faces, _ = aligned_faces(train, get_config(args.preset).preprocess.image_size, args.cache)
     summary = pretrain(faces, Path(args.output), args.preset, args.vae_steps, args.unet_steps, args.batch_size,
-                       args.seed)
-    print(json.dumps(summary, indent=2))
+                       args.seed, accelerator)
+    if accelerator.is_main_process:
+        print(json.dumps(summary, indent=2))

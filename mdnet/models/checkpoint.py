@@ -71,7 +71,8 @@ def checkpoint_state(model) -> dict[str, torch.Tensor]:
     }
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -107,7 +108,7 @@ def save_checkpoint(model, directory: str | Path, metadata: dict[str, Any] | Non
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "model": model.cfg.to_dict(),
-            "weights": {"file": WEIGHTS_NAME, "sha256": _sha256(tmp / WEIGHTS_NAME), "tensors": len(state)},
+            "weights": {"file": WEIGHTS_NAME, "sha256": file_sha256(tmp / WEIGHTS_NAME), "tensors": len(state)},
             "metadata": metadata or {},
         }
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
@@ -182,7 +183,7 @@ def read_weights(directory: Path, raw_config: dict[str, Any]) -> dict[str, torch
     if not path.is_file():
         raise CheckpointError(f"{path} is missing: the checkpoint in {directory} has no weights")
     expected = weights.get("sha256")
-    if expected and _sha256(path) != expected:
+    if expected and file_sha256(path) != expected:
         raise CheckpointError(
             f"{path} is corrupt or truncated: its sha256 does not match the one in {directory / CONFIG_NAME}"
         )

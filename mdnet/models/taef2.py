@@ -22,13 +22,12 @@ Credit: the architecture and the weights are TAESD / TAEF2 by Ollin Boer Bohan
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from mdnet.models.checkpoint import CheckpointError
+from mdnet.models.checkpoint import CheckpointError, file_sha256
 
 # The weights live outside the repository, in the workspace's shared folder: <workspace>/shared/weights/taef2.
 DEFAULT_TAEF2_DIR = Path(__file__).resolve().parents[3] / "shared" / "weights" / "taef2"
@@ -130,14 +129,6 @@ class TAEF2Decoder(nn.Sequential):
         )  # fmt: skip
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def load_weights(module: nn.Module, path: str | Path, sha256: str | None = None) -> None:
     """Load one TAEF2 state dict into ``module`` strictly, as float32; raise :class:`TAEF2WeightsError` naming the file.
 
@@ -148,7 +139,7 @@ def load_weights(module: nn.Module, path: str | Path, sha256: str | None = None)
         raise TAEF2WeightsError(f"TAEF2 weight file {path} does not exist (expected the file {path.name} from "
                                 "madebyollin/taesd in that folder)")
     if sha256 is not None:
-        actual = sha256_of(path)
+        actual = file_sha256(path)
         if actual != sha256:
             raise TAEF2WeightsError(f"TAEF2 weight file {path} has sha256 {actual}, expected {sha256}: "
                                     f"it is not the published {path.name}")

@@ -158,18 +158,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
         bar = tqdm(total=sampler.batches_per_epoch(), desc=f"epoch {epoch + 1}/{args.epochs}",
                    disable=not accelerator.is_local_main_process)
         for batch in loader:
-            with accelerator.accumulate(model):
+            def per_sample(batch=batch) -> torch.Tensor:
                 pred = model(batch["image"]).squeeze(-1)
-                loss, share = dist.batch_loss(
-                    accelerator, F.mse_loss(pred.float(), batch["target"], reduction="none"), batch)
-                accelerator.backward(loss)
-                opt.step()
-                if accelerator.sync_gradients and not opt.step_was_skipped:
-                    sched.step()
-                opt.zero_grad(set_to_none=True)
-            step_loss += share
-            seen += [train[i].name for i, w in zip(batch["index"].tolist(), batch["weight"].tolist(), strict=True)
-                     if w > 0]
+                return F.mse_loss(pred.float(), batch["target"], reduction="none")
+
+            step_loss += dist.optimizer_step(accelerator, model, opt, sched, per_sample, batch)
+            seen += [train[i].name for i in dist.trained_indices(batch)]
             if accelerator.sync_gradients:
                 recent.append(step_loss * accelerator.num_processes)  # this process's estimate
                 step_loss = 0.0

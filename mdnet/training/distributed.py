@@ -206,6 +206,38 @@ def batch_loss(accelerator: Accelerator, per_sample: torch.Tensor, batch: dict) 
     return loss, float(share)
 
 
+def optimizer_step(
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: Any,
+    per_sample_loss: Callable[[], torch.Tensor],
+    batch: dict,
+    clip: float | None = None,
+) -> float:
+    """Train on one micro-batch: loss, backward, and (when the accumulation completes) the optimizer step.
+
+    ``per_sample_loss()`` computes the (b,) losses of ``batch``; it runs inside ``accelerator.accumulate``.
+    The schedule steps with the optimizer (not on a skipped mixed-precision step); ``clip``: the gradient
+    norm to clip to before a step. Returns this micro-batch's share of the global batch's mean loss.
+    """
+    with accelerator.accumulate(model):
+        loss, share = batch_loss(accelerator, per_sample_loss(), batch)
+        accelerator.backward(loss)
+        if clip is not None and accelerator.sync_gradients:
+            accelerator.clip_grad_norm_(model.parameters(), clip)
+        opt.step()
+        if accelerator.sync_gradients and not opt.step_was_skipped:
+            sched.step()
+        opt.zero_grad(set_to_none=True)
+    return share
+
+
+def trained_indices(batch: dict) -> list[int]:
+    """The dataset indices this micro-batch trained on (zero-weight padding left out)."""
+    return [i for i, w in zip(batch["index"].tolist(), batch["weight"].tolist(), strict=True) if w > 0]
+
+
 def reduce_sum(accelerator: Accelerator, value: float) -> float:
     """``value`` summed over the processes (collective: every process must call it)."""
     if accelerator.num_processes == 1:

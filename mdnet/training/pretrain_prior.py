@@ -94,17 +94,9 @@ def _fit(accelerator: Accelerator, name: str, objective: nn.Module, data: dist.D
         loader.set_epoch(epoch)
         seen: list[int] = []
         for batch in loader:
-            with accelerator.accumulate(model):
-                loss, share = dist.batch_loss(accelerator, model(batch).float(), batch)
-                accelerator.backward(loss)
-                if clip is not None and accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(model.parameters(), clip)
-                opt.step()
-                if accelerator.sync_gradients and not opt.step_was_skipped:
-                    sched.step()
-                opt.zero_grad(set_to_none=True)
-            step_loss += share
-            seen += [i for i, w in zip(batch["index"].tolist(), batch["weight"].tolist(), strict=True) if w > 0]
+            step_loss += dist.optimizer_step(accelerator, model, opt, sched, lambda b=batch: model(b).float(), batch,
+                                             clip=clip)
+            seen += dist.trained_indices(batch)
             if accelerator.sync_gradients:
                 losses.append(dist.reduce_sum(accelerator, step_loss))
                 step_loss = 0.0

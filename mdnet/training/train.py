@@ -272,19 +272,14 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{args.epochs}",
                    disable=not accelerator.is_local_main_process)
         for batch in loader:
-            with accelerator.accumulate(model):
+            def per_sample(batch=batch) -> torch.Tensor:
                 with accelerator.autocast():
                     score = model(raw.preprocess(batch["image"]), prior_features=batch["features"]).score
-                per_sample = F.mse_loss(score.float(), batch["target"].float(), reduction="none")
-                loss, share = dist.batch_loss(accelerator, per_sample, batch)
-                accelerator.backward(loss)
-                opt.step()
-                if accelerator.sync_gradients and not opt.step_was_skipped:
-                    sched.step()
-                opt.zero_grad(set_to_none=True)
+                return F.mse_loss(score.float(), batch["target"].float(), reduction="none")
+
+            share = dist.optimizer_step(accelerator, model, opt, sched, per_sample, batch)
             epoch_loss, step_loss = epoch_loss + share, step_loss + share
-            seen += [train[i].name for i, w in zip(batch["index"].tolist(), batch["weight"].tolist(), strict=True)
-                     if w > 0]
+            seen += [train[i].name for i in dist.trained_indices(batch)]
             if accelerator.sync_gradients:
                 recent.append(step_loss * accelerator.num_processes)  # this process's estimate of the step's loss
                 step_loss = 0.0

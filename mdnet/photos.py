@@ -55,21 +55,18 @@ def read_frame(frame: Any) -> np.ndarray:
 
     Frames over :data:`MAX_FRAME_BYTES` or :data:`MAX_FRAME_PIXELS` are refused before decoding.
     """
-    if isinstance(frame, np.ndarray) and frame.ndim >= 2 and frame.shape[0] * frame.shape[1] > MAX_FRAME_PIXELS:
-        from mdnet.faces import ImageTooLargeError
+    from mdnet.faces import ImageTooLargeError
 
-        raise ImageTooLargeError(_frame_too_large(frame.shape[1], frame.shape[0]))
     try:
         return read_photo(frame, max_bytes=MAX_FRAME_BYTES, max_pixels=MAX_FRAME_PIXELS)
     except UploadTooLargeError as err:
         raise UploadTooLargeError(
             f"This camera frame is larger than a webcam sends (the limit is {MAX_FRAME_BYTES // 2**20} MB)."
         ) from err
-
-
-def _frame_too_large(width: int, height: int) -> str:
-    return (f"This camera frame ({width}x{height}) is larger than a webcam sends; the limit is "
-            f"{MAX_FRAME_PIXELS / 1e6:.0f} megapixels.")
+    except ImageTooLargeError as err:
+        raise ImageTooLargeError(
+            f"This camera frame is larger than a webcam sends (the limit is {MAX_FRAME_PIXELS / 1e6:.0f} megapixels)."
+        ) from err
 
 
 def _decode_data_url(url: str, max_bytes: int) -> bytes:

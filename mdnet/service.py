@@ -293,7 +293,8 @@ def _align_photo(image: Any, face_index: int, model: MDNet, search: str = "auto"
     n = min(len(aligned.faces), MAX_FACES_KEPT) if keep_faces else 0
     crops: list[np.ndarray | None] = [None] * max(n, aligned.face_index + 1)
     for i in range(n):
-        crops[i] = aligned.image if i == aligned.face_index else align_face(photo, aligned.faces[i], size=size).image
+        if i != aligned.face_index:
+            crops[i] = align_face(photo, aligned.faces[i], size=size).image
     crops[aligned.face_index] = aligned.image
     small, f = _downscale(photo, DISPLAY_MAX_SIDE)
     return _Kept(np.ascontiguousarray(small), f, tuple(crops)), aligned

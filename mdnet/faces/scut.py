@@ -157,12 +157,17 @@ def stratified_split(samples: list[Sample], fraction: float = 0.1, seed: int = 0
     return train, valid
 
 
-def _cache_path(cache_dir: Path, size: int, name: str) -> Path:
+def cache_folder(cache_dir: str | Path, size: int) -> Path:
+    """Where :func:`aligned_faces` keeps the ``size`` px crops: keyed by the template, so a new template
+    never reuses stale crops."""
     from mdnet.faces.transform import TEMPLATE
 
-    # Keyed by the template, so a new template never reuses stale crops.
     tag = hashlib.sha1(np.ascontiguousarray(TEMPLATE, dtype=np.float64).tobytes()).hexdigest()[:8]
-    return cache_dir / f"aligned-{size}-{tag}" / f"{Path(name).stem}.png"
+    return Path(cache_dir) / f"aligned-{size}-{tag}"
+
+
+def _cache_path(cache_dir: Path, size: int, name: str) -> Path:
+    return cache_folder(cache_dir, size) / f"{Path(name).stem}.png"
 
 
 def aligned_faces(

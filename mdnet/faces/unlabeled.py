@@ -27,7 +27,6 @@ Build the whole alignment cache once (prints the time and the rejects per group)
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import random
 import re
@@ -39,11 +38,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
-from mdnet.faces.scut import DatasetError, aligned_faces
+from mdnet.faces.scut import DatasetError, aligned_faces, cache_folder
 
 UTKFACE_ROOT = Path(os.environ.get("MDNET_UTKFACE_DIR", Path(__file__).resolve().parents[3] / "shared/data/utkface"))
 DEFAULT_FOLDER = UTKFACE_ROOT / "images"
@@ -151,15 +149,6 @@ def subset(samples: Sequence[UnlabeledSample], limit: int | None, seed: int = 0)
     if limit < 1:
         raise ValueError(f"limit must be at least 1, got {limit}")
     return sorted(random.Random(seed).sample(samples, limit), key=lambda s: s.name)
-
-
-def cache_folder(cache_dir: str | Path, size: int) -> Path:
-    """Where :func:`mdnet.faces.scut.aligned_faces` keeps the ``size`` px crops (keyed by the template)."""
-    from mdnet.faces.transform import TEMPLATE
-
-    # The same key as scut._cache_path; tests/faces/test_unlabeled.py checks that the two agree.
-    tag = hashlib.sha1(np.ascontiguousarray(TEMPLATE, dtype=np.float64).tobytes()).hexdigest()[:8]
-    return Path(cache_dir) / f"aligned-{size}-{tag}"
 
 
 def known_rejects(cache_dir: str | Path | None, size: int) -> dict[str, str]:

@@ -106,11 +106,11 @@ def test_rejects_are_dropped_counted_and_cached(folder, tmp_path, monkeypatch, c
     assert "aligned 3 of 5 faces" in capsys.readouterr().err
 
     # The crops sit in the SCUT-FBP5500 cache folder (the same key), with the rejects beside them.
-    crops = sorted(p.name for p in U.cache_folder(cache, 64).glob("*.png"))
+    crops = sorted(p.name for p in scut.cache_folder(cache, 64).glob("*.png"))
     assert crops == sorted(n.replace(".jpg", ".png") for n in FACES)
-    assert scut._cache_path(cache, 64, FACES[0]).parent == U.cache_folder(cache, 64)
+    assert scut._cache_path(cache, 64, FACES[0]).parent == scut.cache_folder(cache, 64)
     assert set(U.known_rejects(cache, 64)) == {BLANK, BROKEN}
-    stamps = {p: p.stat().st_mtime_ns for p in U.cache_folder(cache, 64).iterdir()}
+    stamps = {p: p.stat().st_mtime_ns for p in scut.cache_folder(cache, 64).iterdir()}
 
     calls = []
     monkeypatch.setattr(mdnet.faces, "align", lambda *a, **k: calls.append(a) or pytest.fail("re-aligned"))
@@ -119,7 +119,7 @@ def test_rejects_are_dropped_counted_and_cached(folder, tmp_path, monkeypatch, c
     assert not calls
     assert torch.equal(second.faces, first.faces) and second.names == first.names
     assert second.rejected == first.rejected and second.reasons == first.reasons
-    assert {p: p.stat().st_mtime_ns for p in U.cache_folder(cache, 64).iterdir()} == stamps
+    assert {p: p.stat().st_mtime_ns for p in scut.cache_folder(cache, 64).iterdir()} == stamps
     monkeypatch.undo()
 
     retried = U.align_samples(samples, size=64, cache_dir=cache, retry_rejects=True, keep=False, report=False)

@@ -166,7 +166,8 @@ def cache_folder(cache_dir: str | Path, size: int) -> Path:
     return Path(cache_dir) / f"aligned-{size}-{tag}"
 
 
-def _cache_path(cache_dir: Path, size: int, name: str) -> Path:
+def cache_path(cache_dir: str | Path, size: int, name: str) -> Path:
+    """Where the crop of the image called ``name`` is cached."""
     return cache_folder(cache_dir, size) / f"{Path(name).stem}.png"
 
 
@@ -190,7 +191,7 @@ def aligned_faces(
     out = torch.empty(len(samples), 3, size, size, dtype=torch.uint8)
     unaligned: list[str] = []
     for i, s in enumerate(tqdm(samples, desc=f"aligning faces ({size} px)", leave=False)):
-        cached = _cache_path(Path(cache_dir), size, s.name) if cache_dir else None
+        cached = cache_path(Path(cache_dir), size, s.name) if cache_dir else None
         crop = _read_cached(cached) if cached is not None else None
         if crop is None:
             rgb = load_rgb(s.path)

@@ -41,7 +41,7 @@ from typing import NamedTuple
 import torch
 from tqdm import tqdm
 
-from mdnet.faces.scut import DatasetError, aligned_faces, cache_folder
+from mdnet.faces.scut import DatasetError, aligned_faces, cache_folder, cache_path
 
 UTKFACE_ROOT = Path(os.environ.get("MDNET_UTKFACE_DIR", Path(__file__).resolve().parents[3] / "shared/data/utkface"))
 DEFAULT_FOLDER = UTKFACE_ROOT / "images"
@@ -227,8 +227,12 @@ def align_samples(
     samples = list(samples)
     remembered = {} if retry_rejects else known_rejects(cache_dir, size)
     todo = [s for s in samples if s.name not in remembered]
-    out = torch.empty(len(todo) if keep else 0, 3, size, size, dtype=torch.uint8)
     names: list[str] = []
+    if not keep and cache_dir is not None:  # only building the cache: a crop already there need not be decoded
+        names = [s.name for s in todo if cache_path(cache_dir, size, s.name).is_file()]
+        done = set(names)
+        todo = [s for s in todo if s.name not in done]
+    out = torch.empty(len(todo) if keep else 0, 3, size, size, dtype=torch.uint8)
     new_rejects: dict[str, str] = {}
     bar = tqdm(total=len(todo), desc=f"aligning unlabeled faces ({size} px)", unit="face", disable=len(todo) < _CHUNK)
     with bar:
@@ -244,6 +248,9 @@ def align_samples(
                 names.append(s.name)
             bar.update(len(chunk))
     _remember_rejects(cache_dir, size, new_rejects)
+    if not keep:  # crops found in the cache came first: back to the samples' order
+        position = {s.name: i for i, s in enumerate(samples)}
+        names.sort(key=position.__getitem__)
     kept = set(names)
     reasons = {s.name: remembered.get(s.name) or new_rejects[s.name] for s in samples if s.name not in kept}
     rejected = list(reasons)

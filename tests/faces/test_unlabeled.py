@@ -108,7 +108,7 @@ def test_rejects_are_dropped_counted_and_cached(folder, tmp_path, monkeypatch, c
     # The crops sit in the SCUT-FBP5500 cache folder (the same key), with the rejects beside them.
     crops = sorted(p.name for p in scut.cache_folder(cache, 64).glob("*.png"))
     assert crops == sorted(n.replace(".jpg", ".png") for n in FACES)
-    assert scut._cache_path(cache, 64, FACES[0]).parent == scut.cache_folder(cache, 64)
+    assert scut.cache_path(cache, 64, FACES[0]).parent == scut.cache_folder(cache, 64)
     assert set(U.known_rejects(cache, 64)) == {BLANK, BROKEN}
     stamps = {p: p.stat().st_mtime_ns for p in scut.cache_folder(cache, 64).iterdir()}
 
@@ -120,6 +120,12 @@ def test_rejects_are_dropped_counted_and_cached(folder, tmp_path, monkeypatch, c
     assert torch.equal(second.faces, first.faces) and second.names == first.names
     assert second.rejected == first.rejected and second.reasons == first.reasons
     assert {p: p.stat().st_mtime_ns for p in scut.cache_folder(cache, 64).iterdir()} == stamps
+    monkeypatch.undo()
+
+    # Only building the cache: crops already there are not even decoded.
+    monkeypatch.setattr(scut, "_read_cached", lambda path: pytest.fail(f"decoded {path}"))
+    built = U.align_samples(samples, size=64, cache_dir=cache, keep=False, report=False)
+    assert built.names == first.names and built.rejected == first.rejected
     monkeypatch.undo()
 
     retried = U.align_samples(samples, size=64, cache_dir=cache, retry_rejects=True, keep=False, report=False)

@@ -5,11 +5,17 @@ the checkpoint's ``config.json``), so a checkpoint alone rebuilds its model.
 
 Presets (see :func:`get_config`):
 
-- ``tiny``: the CPU model the app ships (a miniature latent-diffusion prior
-  built from a config dict; a 192-wide, 2-block Vim on a MobileNetV2 stem).
+- ``tiny``: the CPU model the app ships: a latent-diffusion prior over the
+  pretrained TAEF2 autoencoder's latents (64 px faces, a small U-Net pretrained
+  here), and a 192-wide, 2-block Vim on a MobileNetV2 stem.
+- ``tiny-sface``: ``tiny`` with the SFace face-recognition network (OpenCV Zoo) up to
+  its stride-8 map as the Vim stem (the stem probe's best features); a candidate.
+- ``tiny-vae``: the first shipped model's recipe (its prior's VAE and U-Net both
+  trained here on 3300 faces at 64 px); kept for the ablation table.
 - ``paper``: the published setting (Stable Diffusion 1.5 U-Net + VAE by hub id,
   Vim-small). Needs internet once and, in practice, a GPU.
-- ``micro``: a very small model for tests and smoke runs.
+- ``micro``: a very small model for tests and smoke runs; ``micro-taef2`` the same
+  over a TAEF2 prior (random TAEF2 weights unless loaded).
 """
 
 from __future__ import annotations
@@ -49,14 +55,19 @@ class PreprocessConfig:
 class PriorConfig:
     """The frozen generative-prior stream (encoder half of a diffusion U-Net).
 
-    ``source="config"`` builds ``UNet2DConditionModel(**unet)`` and
-    ``AutoencoderKL(**vae)`` locally (weights come from the checkpoint);
-    ``source="pretrained"`` loads both with ``from_pretrained(pretrained)``, a
-    hub id or a local diffusers folder with ``unet/`` and ``vae/`` subfolders.
+    ``source="config"`` builds ``UNet2DConditionModel(**unet)`` locally (weights come from the
+    checkpoint) with its autoencoder: ``autoencoder="vae"`` an ``AutoencoderKL(**vae)``,
+    ``autoencoder="taef2"`` the pretrained TAEF2 encoder (:mod:`mdnet.models.taef2`; 32 latent
+    channels at 1/8 of the side, latents normalised as ``(z - latent_shift) * latent_scale``).
+    ``source="pretrained"`` loads U-Net and VAE with ``from_pretrained(pretrained)``, a hub id or a
+    local diffusers folder with ``unet/`` and ``vae/`` subfolders.
     """
 
     source: str = "config"
     pretrained: str | None = None
+    autoencoder: str = "vae"       # "vae" (AutoencoderKL) or "taef2" (source="config" only)
+    latent_shift: float = 0.0      # taef2: mean of the training latents ...
+    latent_scale: float = 1.0      # ... and 1 / their std (set by `mdnet pretrain-prior`)
     unet: dict[str, Any] = field(default_factory=dict)
     vae: dict[str, Any] = field(default_factory=dict)
     scheduler: dict[str, Any] = field(default_factory=lambda: dict(SD_SCHEDULER))
@@ -72,7 +83,8 @@ class VimConfig:
     """Vision Mamba stream (Zhu et al. 2024, bidirectional "v2" blocks)."""
 
     patch_size: int = 16
-    stem: str = "patch"            # "patch": one strided conv (Vim); "mobilenet_v2": its first 14 layers
+    stem: str = "patch"            # "patch": one strided conv (Vim); "mobilenet_v2": its first 14 layers;
+                                   # "sface": SFace to stride 8 on the ArcFace-realigned crop (224 px, p=16)
     embed_dim: int = 192
     depth: int = 12
     d_state: int = 16
@@ -171,6 +183,32 @@ def _tiny_prior() -> PriorConfig:
     )
 
 
+def _taef2_prior() -> PriorConfig:
+    # The pretrained TAEF2 encoder turns a 64 px face into a 32 x 8 x 8 latent; a U-Net with two
+    # cross-attention levels (8 -> 4 px) is pretrained on those latents by `mdnet pretrain-prior`.
+    # 64 px because TAEF2 is dense (64 channels at full resolution: 1.9 GFLOP a face at 64 px,
+    # 4.3 at 96, 7.7 at 128) and the mirror-averaged score must stay within 150 ms on a laptop CPU;
+    # a ridge probe on its 64 px latents already predicts the score (validation PC 0.82).
+    return PriorConfig(
+        source="config",
+        autoencoder="taef2",
+        image_size=64,
+        prompt_length=8,
+        unet={
+            "sample_size": 8,
+            "in_channels": 32,
+            "out_channels": 32,
+            "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+            "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+            "block_out_channels": [64, 128],
+            "layers_per_block": 2,
+            "cross_attention_dim": 64,
+            "attention_head_dim": 8,
+            "norm_num_groups": 32,
+        },
+    )
+
+
 def _micro_prior() -> PriorConfig:
     prior = _tiny_prior()
     prior.image_size = 32
@@ -178,6 +216,16 @@ def _micro_prior() -> PriorConfig:
     prior.vae.update(block_out_channels=[8, 16], down_block_types=["DownEncoderBlock2D"] * 2,
                      up_block_types=["UpDecoderBlock2D"] * 2, norm_num_groups=4, sample_size=32)
     prior.unet.update(sample_size=16, block_out_channels=[16, 32, 32], cross_attention_dim=16,
+                      attention_head_dim=4, norm_num_groups=8)
+    return prior
+
+
+def _micro_taef2_prior() -> PriorConfig:
+    # The TAEF2 encoder at its real width on 32 px faces (4 x 4 latents), a very small U-Net: for tests.
+    prior = _taef2_prior()
+    prior.image_size = 32
+    prior.prompt_length = 4
+    prior.unet.update(sample_size=4, block_out_channels=[16, 32], layers_per_block=1, cross_attention_dim=16,
                       attention_head_dim=4, norm_num_groups=8)
     return prior
 
@@ -195,6 +243,18 @@ def _paper_prior() -> PriorConfig:
 PRESETS = {
     "tiny": lambda: MDNetConfig(
         name="tiny",
+        prior=_taef2_prior(),
+        vim=VimConfig(stem="mobilenet_v2", embed_dim=192, depth=2),
+        fusion=FusionConfig(dim=192, heads=4, layers=2),
+    ),
+    "tiny-sface": lambda: MDNetConfig(
+        name="tiny-sface",
+        prior=_taef2_prior(),
+        vim=VimConfig(stem="sface", embed_dim=192, depth=2),
+        fusion=FusionConfig(dim=192, heads=4, layers=2),
+    ),
+    "tiny-vae": lambda: MDNetConfig(
+        name="tiny-vae",
         prior=_tiny_prior(),
         vim=VimConfig(stem="mobilenet_v2", embed_dim=192, depth=2),
         fusion=FusionConfig(dim=192, heads=4, layers=2),
@@ -215,6 +275,7 @@ PRESETS = {
         head_hidden=32,
         head_dropout=0.0,
     ),
+    "micro-taef2": lambda: dataclasses.replace(PRESETS["micro"](), name="micro-taef2", prior=_micro_taef2_prior()),
 }
 
 

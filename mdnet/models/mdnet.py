@@ -107,11 +107,15 @@ class MDNet(nn.Module):
         mode: str = "full",
         return_attention: bool = False,
         prior_features: list[torch.Tensor] | None = None,
+        vim_mask: torch.Tensor | None = None,
     ) -> MDNetOutput:
         """Score normalised faces x (b, 3, s, s).
 
         ``mode``: ``"full"``, ``"prior_only"`` or ``"vim_only"``. ``prior_features``
-        reuses precomputed prior features (from :meth:`prior_features`).
+        reuses precomputed prior features (from :meth:`prior_features`). ``vim_mask``
+        (b,) bool, for training's stream dropout: the marked faces' Vim tokens are
+        replaced by ``vim_reference`` as it stands (``prior_only`` per face); None
+        changes nothing.
         """
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
@@ -126,6 +130,9 @@ class MDNet(nn.Module):
             vim_tokens = self.vim_reference.unsqueeze(0).expand(batch, -1, -1)
         else:
             vim_tokens = self.vim(x).tokens
+            if vim_mask is not None:
+                reference = self.vim_reference.to(vim_tokens.dtype)
+                vim_tokens = torch.where(vim_mask.view(-1, 1, 1).to(vim_tokens.device), reference, vim_tokens)
         fused = self.fusion(vim_tokens, prior_features, return_attention=return_attention)
         raw = self.head(fused.tokens, self.vim.cls_index)
         low, high = self.cfg.score_range

@@ -1,16 +1,18 @@
 """Generative-prior stream: the frozen encoder half of a diffusion U-Net.
 
 A face (pixels in [0, 1]) is resized to ``cfg.image_size``, encoded by the
-VAE to a latent (the distribution's mean, times the VAE's scaling factor),
+autoencoder to a latent (a VAE: the distribution's mean, times its scaling factor;
+TAEF2: its latent, shifted and scaled by ``cfg.latent_shift`` / ``cfg.latent_scale``),
 optionally noised to ``cfg.timestep``, and passed through the U-Net's
 ``conv_in``, time embedding, down blocks and mid block with a stored
 empty-prompt embedding. The output of every down block and of the mid block is
 returned: a list of feature maps from fine to coarse.
 
 The same class serves the published setting (Stable Diffusion 1.5 by hub id)
-and the small local configurations: both are diffusers
-``UNet2DConditionModel`` + ``AutoencoderKL``. Only the modules the encoder
-read needs are kept (the U-Net's up blocks and the VAE decoder are dropped).
+and the small local configurations: a diffusers ``UNet2DConditionModel`` over
+the latents of an ``AutoencoderKL`` or of the pretrained TAEF2 encoder
+(:mod:`mdnet.models.taef2`, ``cfg.autoencoder="taef2"``). Only the modules the
+encoder read needs are kept (the U-Net's up blocks and the decoder are dropped).
 """
 
 from __future__ import annotations
@@ -23,6 +25,11 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from torch import nn
 
 from mdnet.models.config import PriorConfig
+from mdnet.models.taef2 import DOWNSCALE as TAEF2_DOWNSCALE
+from mdnet.models.taef2 import LATENT_CHANNELS as TAEF2_CHANNELS
+from mdnet.models.taef2 import TAEF2Encoder
+
+AUTOENCODERS = ("vae", "taef2")
 
 
 def empty_prompt_embedding(pretrained: str) -> torch.Tensor:
@@ -60,9 +67,10 @@ class DiffusionPrior(nn.Module):
         self,
         cfg: PriorConfig,
         unet: UNet2DConditionModel,
-        vae: AutoencoderKL,
+        vae: AutoencoderKL | TAEF2Encoder,
         prompt_embeds: torch.Tensor,
     ):
+        """``vae``: the autoencoder ``cfg.autoencoder`` names (an ``AutoencoderKL`` or a ``TAEF2Encoder``)."""
         super().__init__()
         unsupported = [
             name
@@ -78,21 +86,31 @@ class DiffusionPrior(nn.Module):
         self.time_embedding = unet.time_embedding
         self.down_blocks = unet.down_blocks
         self.mid_block = unet.mid_block
-        # VAE encoder half.
-        self.vae_encoder = vae.encoder
-        self.quant_conv = vae.quant_conv if getattr(vae.config, "use_quant_conv", True) else None
-        self.latent_channels = vae.config.latent_channels
-        self.scaling_factor = float(vae.config.scaling_factor)
-        self.shift_factor = float(getattr(vae.config, "shift_factor", None) or 0.0)
+        # Autoencoder encoder half.
+        expected = TAEF2Encoder if cfg.autoencoder == "taef2" else AutoencoderKL
+        if cfg.autoencoder not in AUTOENCODERS or not isinstance(vae, expected):
+            raise ValueError(f"prior autoencoder {cfg.autoencoder!r} (one of {AUTOENCODERS}) does not match the "
+                             f"module given ({type(vae).__name__})")
+        if cfg.autoencoder == "taef2":
+            self.vae_encoder, self.quant_conv, self.taef2_encoder = None, None, vae
+            self.latent_channels, downscale = TAEF2_CHANNELS, TAEF2_DOWNSCALE
+            self.scaling_factor, self.shift_factor = float(cfg.latent_scale), float(cfg.latent_shift)
+        else:
+            self.vae_encoder, self.taef2_encoder = vae.encoder, None
+            self.quant_conv = vae.quant_conv if getattr(vae.config, "use_quant_conv", True) else None
+            self.latent_channels = vae.config.latent_channels
+            downscale = 2 ** (len(vae.config.block_out_channels) - 1)
+            self.scaling_factor = float(vae.config.scaling_factor)
+            self.shift_factor = float(getattr(vae.config, "shift_factor", None) or 0.0)
 
         self.register_buffer("prompt_embeds", prompt_embeds.detach().float().clone())
         scheduler = DDPMScheduler(**cfg.scheduler)
         self.register_buffer("alphas_cumprod", scheduler.alphas_cumprod.float().clone(), persistent=False)
         channels = list(unet.config.block_out_channels)
         self.feature_channels = channels + ([channels[-1]] if self.mid_block is not None else [])
-        # Spatial size of each feature map: the VAE halves the image once per block
-        # after the first, each U-Net down block but the last halves it again.
-        side = cfg.image_size // 2 ** (len(vae.config.block_out_channels) - 1)
+        # Spatial size of each feature map: the autoencoder divides the side by `downscale`,
+        # each U-Net down block but the last halves it again.
+        side = cfg.image_size // downscale
         self.feature_shapes = []
         for i in range(len(channels)):
             side = side // 2 if i < len(channels) - 1 else side
@@ -108,15 +126,22 @@ class DiffusionPrior(nn.Module):
 
         ``prompt_embeds`` skips encoding the empty prompt (checkpoints store it).
         """
+        if cfg.autoencoder not in AUTOENCODERS:
+            raise ValueError(f"unknown prior autoencoder {cfg.autoencoder!r}; use one of {AUTOENCODERS}")
         if cfg.source == "config":
-            if not cfg.unet or not cfg.vae:
-                raise ValueError("prior source 'config' needs both 'unet' and 'vae' config dicts")
+            if not cfg.unet or (cfg.autoencoder == "vae" and not cfg.vae):
+                raise ValueError("prior source 'config' needs a 'unet' config dict (and a 'vae' one for autoencoder "
+                                 "'vae')")
             unet = UNet2DConditionModel(**cfg.unet)
-            vae = AutoencoderKL(**cfg.vae)
+            # TAEF2's published weights come from its files (training) or from the checkpoint.
+            vae = TAEF2Encoder() if cfg.autoencoder == "taef2" else AutoencoderKL(**cfg.vae)
             if prompt_embeds is None:
                 # A null condition: the local prior is trained unconditionally with it.
                 prompt_embeds = torch.zeros(1, cfg.prompt_length, unet.config.cross_attention_dim)
         elif cfg.source == "pretrained":
+            if cfg.autoencoder != "vae":
+                raise ValueError("prior source 'pretrained' reads a diffusers pipeline's own VAE; autoencoder "
+                                 f"{cfg.autoencoder!r} needs source 'config'")
             if not cfg.pretrained:
                 raise ValueError("prior source 'pretrained' needs 'pretrained' (a hub id or a local folder)")
             unet = UNet2DConditionModel.from_pretrained(cfg.pretrained, subfolder="unet")
@@ -132,10 +157,12 @@ class DiffusionPrior(nn.Module):
         return super().train(False)
 
     def encode_latents(self, pixels: torch.Tensor) -> torch.Tensor:
-        """pixels (b, 3, h, w) in [0, 1] -> scaled VAE latent (b, c, s/f, s/f)."""
+        """pixels (b, 3, h, w) in [0, 1] -> scaled latent (b, c, s/f, s/f)."""
         size = self.cfg.image_size
         if pixels.shape[-2:] != (size, size):
             pixels = F.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        if self.taef2_encoder is not None:
+            return (self.taef2_encoder(pixels) - self.shift_factor) * self.scaling_factor
         moments = self.vae_encoder(pixels * 2.0 - 1.0)
         if self.quant_conv is not None:
             moments = self.quant_conv(moments)

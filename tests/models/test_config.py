@@ -25,7 +25,20 @@ def test_paper_preset_is_the_published_setting():
 def test_get_config_returns_independent_copies():
     a = get_config("tiny")
     a.prior.unet["block_out_channels"].append(1)
-    assert get_config("tiny").prior.unet["block_out_channels"] == [32, 64, 128]
+    assert get_config("tiny").prior.unet["block_out_channels"] == [64, 128]
+
+
+def test_tiny_reads_taef2_latents_and_tiny_vae_keeps_the_first_recipe():
+    tiny, first = get_config("tiny").prior, get_config("tiny-vae").prior
+    assert (tiny.autoencoder, tiny.image_size) == ("taef2", 64)
+    assert (tiny.unet["in_channels"], tiny.unet["sample_size"]) == (32, 8)
+    assert (first.autoencoder, first.vae["latent_channels"]) == ("vae", 4)
+    assert first.unet["block_out_channels"] == [32, 64, 128]
+    # The shipped checkpoint's config (written before `autoencoder` existed) still reads as a VAE prior.
+    data = get_config("tiny-vae").to_dict()
+    for key in ("autoencoder", "latent_shift", "latent_scale"):
+        del data["prior"][key]
+    assert MDNetConfig.from_dict(data).prior.autoencoder == "vae"
 
 
 def test_unknown_keys_and_presets_are_refused():

@@ -23,6 +23,7 @@ JOBS: dict[str, tuple[str, str]] = {
     "evaluate": ("mdnet.training.evaluate", "PC / MAE / RMSE of a checkpoint on a SCUT-FBP5500 split"),
     "train": ("mdnet.training.train", "train MD-Net on SCUT-FBP5500 (Accelerate, resumable)"),
     "pretrain-prior": ("mdnet.training.pretrain_prior", "pretrain the generative prior (a latent diffusion model)"),
+    "pretrain-vim": ("mdnet.training.pretrain_vim", "masked pretraining of the Vim stream on faces (no labels)"),
     "baseline": ("mdnet.training.baseline", "fine-tune the ImageNet MobileNetV2 baseline"),
     "model-card": ("mdnet.training.model_card", "write a checkpoint's model card from its training runs"),
     "score-distribution": ("mdnet.percentiles", "store the training scores' quantiles beside a checkpoint"),

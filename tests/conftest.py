@@ -47,3 +47,14 @@ def calibrated() -> MDNet:
     model = build_model("micro")
     model.calibrate_references([faces(model, 4, seed=s) for s in range(3)])
     return model
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module, as in each launched process (torchrun's default): the same arithmetic as
+    the multi-process runs it is compared with, and no oversubscription when two processes share two cores.
+    A module opts in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -74,11 +75,15 @@ class NoiseObjective(nn.Module):
 
 def _fit(accelerator: Accelerator, name: str, objective: nn.Module, data: dist.DrawDataset,
          sampler: dist.GlobalBatches, steps: int, lr: float, weight_decay: float, pct_start: float,
-         clip: float | None = None) -> tuple[list[float], nn.Module]:
+         clip: float | None = None, state_dir: Path | None = None, save_every_s: float = 300.0
+         ) -> tuple[list[float], nn.Module]:
     """AdamW with a one-cycle schedule for ``steps`` optimizer steps over the sampler's global batches.
 
-    ``objective(batch)`` returns per-item losses. Returns (the per-step loss of the global batch,
-    the trained objective, unwrapped).
+    ``objective(batch)`` returns per-item losses. With ``state_dir``, the state (weights, optimizer,
+    random states, losses so far) is saved there every ``save_every_s`` seconds and at the end, and a
+    later call resumes from it at the exact step (epoch ``e``'s batches depend only on the seed and
+    ``e``, so the batches already trained are skipped, not redrawn). Returns (the per-step loss of
+    the global batch, the trained objective, unwrapped).
     """
     if sampler.batches_per_epoch() == 0:
         raise ValueError(f"{name}: the batch ({sampler.batch_size}) is larger than the {sampler.n} training items")
@@ -87,13 +92,35 @@ def _fit(accelerator: Accelerator, name: str, objective: nn.Module, data: dist.D
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=pct_start)
     loader = dist.train_loader(accelerator, data, sampler)
     losses: list[float] = []
-    bar = tqdm(total=steps, desc=name, disable=not accelerator.is_local_main_process)
+    progress = dist.load_state(accelerator, state_dir) if state_dir is not None else None
+    if progress is not None:
+        if progress.get("steps") != steps or progress.get("name") != name:
+            raise ValueError(f"{name}: {state_dir} holds a run of {progress.get('steps')} steps of "
+                             f"{progress.get('name')!r}, not {steps}: use another --output or the same settings")
+        losses = progress["losses"]
+        with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": fast-forwarding on purpose
+            warnings.simplefilter("ignore", UserWarning)
+            for _ in range(len(losses)):
+                sched.step()
+        accelerator.print(f"{name}: resumed after step {len(losses)} of {steps}")
+
+    def save() -> None:
+        if state_dir is not None:
+            dist.save_state(accelerator, state_dir, {"name": name, "steps": steps, "losses": losses})
+
+    bar = tqdm(total=steps, initial=len(losses), desc=name, disable=not accelerator.is_local_main_process)
     model.train()
-    epoch, step_loss = 0, 0.0
+    per_epoch = sampler.batches_per_epoch()
+    epoch, step_loss, last_save = len(losses) // per_epoch, 0.0, time.time()
     while len(losses) < steps:
         loader.set_epoch(epoch)
+        # Micro-batches of this epoch trained before a resume: whole global batches, skipped unseen.
+        skip = (len(losses) - epoch * per_epoch) * accelerator.gradient_accumulation_steps
         seen: list[int] = []
         for batch in loader:
+            if skip > 0:
+                skip -= 1
+                continue
             step_loss += dist.optimizer_step(accelerator, model, opt, sched, lambda b=batch: model(b).float(), batch,
                                              clip=clip)
             seen += dist.trained_indices(batch)
@@ -102,11 +129,15 @@ def _fit(accelerator: Accelerator, name: str, objective: nn.Module, data: dist.D
                 step_loss = 0.0
                 bar.update()
                 bar.set_postfix(loss=f"{losses[-1]:.4f}")
+                if time.time() - last_save > save_every_s and len(losses) < steps:
+                    save()
+                    last_save = time.time()
                 if len(losses) == steps:
                     break
         dist.debug_record(accelerator, job=f"pretrain-prior {name}", epoch=epoch + 1, samples=seen)
         epoch += 1
     bar.close()
+    save()
     model = accelerator.unwrap_model(model)
     model.eval()
     return losses, model
@@ -147,8 +178,12 @@ def encode_all(vae: AutoencoderKL, faces: torch.Tensor, batch: int = 64,
 
 
 def train_unet(accelerator: Accelerator, unet: UNet2DConditionModel, latents: torch.Tensor, context: torch.Tensor,
-               steps: int, batch_size: int, lr: float, seed: int) -> list[float]:
-    """DDPM epsilon-prediction on scaled latents (n, c, h, w). Returns the per-step loss."""
+               steps: int, batch_size: int, lr: float, seed: int, state_dir: Path | None = None,
+               save_every_s: float = 300.0) -> list[float]:
+    """DDPM epsilon-prediction on scaled latents (n, c, h, w). Returns the per-step loss.
+
+    ``state_dir``: save the state there every ``save_every_s`` seconds and resume from it (see :func:`_fit`).
+    """
     timesteps = get_config("tiny").prior.scheduler["num_train_timesteps"]
 
     def noise_and_time(idx: torch.Tensor, gen: torch.Generator) -> list[tuple]:
@@ -159,13 +194,14 @@ def train_unet(accelerator: Accelerator, unet: UNet2DConditionModel, latents: to
     data = dist.DrawDataset(len(latents), lambda d: {"latent": latents[d.index], "noise": d.aug[0], "t": d.aug[1]})
     sampler = dist.GlobalBatches(len(latents), batch_size, seed, noise_and_time, shards=dist.shards(accelerator))
     losses, _ = _fit(accelerator, "U-Net", NoiseObjective(unet, context), data, sampler, steps, lr, 1e-2, 0.05,
-                     clip=1.0)
+                     clip=1.0, state_dir=state_dir, save_every_s=save_every_s)
     return losses
 
 
 @torch.no_grad()
-def sample_faces(unet, vae, context, n: int = 16, steps: int = 50, seed: int = 0) -> torch.Tensor:
-    """Draw n faces from noise with DDIM; pixels in [0, 1], (n, 3, s, s)."""
+def sample_faces(unet, decode, context, n: int = 16, steps: int = 50, seed: int = 0) -> torch.Tensor:
+    """Draw n faces from noise with DDIM; ``decode(latents)`` maps the U-Net's (normalised) latents to
+    pixels in [0, 1], (n, 3, s, s)."""
     ddim = DDIMScheduler(**get_config("tiny").prior.scheduler, clip_sample=False, set_alpha_to_one=False)
     ddim.set_timesteps(steps)
     c = unet.config.in_channels
@@ -174,8 +210,12 @@ def sample_faces(unet, vae, context, n: int = 16, steps: int = 50, seed: int = 0
     for t in ddim.timesteps:
         eps = unet(x, t, encoder_hidden_states=context.expand(n, -1, -1)).sample
         x = ddim.step(eps, t, x).prev_sample
-    pixels = vae.decode(x / vae.config.scaling_factor).sample
-    return ((pixels + 1) / 2).clamp(0, 1)
+    return decode(x).clamp(0, 1)
+
+
+def vae_decoder(vae: AutoencoderKL):
+    """The VAE's decoder as ``decode(scaled latents) -> pixels in [0, 1]``."""
+    return lambda x: (vae.decode(x / vae.config.scaling_factor).sample + 1) / 2
 
 
 def save_grid(images: torch.Tensor, path: Path, cols: int = 4) -> None:
@@ -196,8 +236,8 @@ def plot_losses(losses: dict[str, list[float]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(losses), figsize=(5 * len(losses), 3.2))
-    for ax, (name, values) in zip(axes, losses.items(), strict=True):
+    fig, axes = plt.subplots(1, len(losses), figsize=(5 * len(losses), 3.2), squeeze=False)
+    for ax, (name, values) in zip(axes[0], losses.items(), strict=True):
         k = max(1, len(values) // 50)
         smooth = [sum(values[i : i + k]) / len(values[i : i + k]) for i in range(0, len(values), k)]
         ax.plot(range(0, len(values), k), smooth)
@@ -248,7 +288,7 @@ def pretrain(faces: torch.Tensor, output: Path, preset: str = "tiny", vae_steps:
         output.mkdir(parents=True, exist_ok=True)
         vae.save_pretrained(output / "vae")
         unet.save_pretrained(output / "unet")
-        save_grid(sample_faces(unet, vae, context, seed=seed), output / "samples.png")
+        save_grid(sample_faces(unet, vae_decoder(vae), context, seed=seed), output / "samples.png")
         with torch.no_grad():
             recon = vae.decode(vae.encode(x[:8]).latent_dist.mean).sample
         save_grid(torch.cat([(x[:8] + 1) / 2, ((recon + 1) / 2).clamp(0, 1)]), output / "reconstructions.png",
@@ -262,7 +302,7 @@ def pretrain(faces: torch.Tensor, output: Path, preset: str = "tiny", vae_steps:
     return summary
 
 
-def main(argv: list[str] | None = None, prog: str | None = None) -> None:
+def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     from mdnet.faces.scut import ScutFBP5500, aligned_faces, stratified_split
 
     parser = argparse.ArgumentParser(
@@ -272,25 +312,63 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     parser.add_argument("--split", default="60-40/train")
     parser.add_argument("--val-fraction", type=float, default=0.1, help="held out, as in training")
     parser.add_argument("--output", default="runs/prior")
-    parser.add_argument("--cache", default="cache", help="aligned-face cache folder")
+    parser.add_argument("--cache", default="cache", help="aligned-face (and latent) cache folder")
     parser.add_argument("--preset", default="tiny")
-    parser.add_argument("--vae-steps", type=int, default=600)
+    parser.add_argument("--vae-steps", type=int, default=600, help="VAE priors only")
     parser.add_argument("--unet-steps", type=int, default=3000)
     parser.add_argument("--batch-size", type=int, default=32,
-                        help="the VAE's global batch per optimizer step, shared by all processes and accumulation "
-                             "steps (the U-Net's is twice that)")
+                        help="global batch per optimizer step, shared by all processes and accumulation steps: the "
+                             "VAE's (its U-Net's is twice that, with the mirror images) or, for a TAEF2 prior, the "
+                             "U-Net's")
+    parser.add_argument("--lr", type=float, default=5e-4, help="peak learning rate of the U-Net")
     parser.add_argument("--seed", type=int, default=0)
+    taef2 = parser.add_argument_group("TAEF2 priors (presets with autoencoder 'taef2')")
+    taef2.add_argument("--unlabeled", default="default",
+                       help="folder of unlabeled face photos also learned from ('default': UTKFace in ../shared; "
+                            "'none': only the labelled training faces)")
+    taef2.add_argument("--unlabeled-limit", type=int, default=None, help="a seeded random subset of that many")
+    taef2.add_argument("--taef2", default=None, help="folder with taef2_encoder.pth / taef2_decoder.pth (default: "
+                                                     "../shared/weights/taef2)")
+    taef2.add_argument("--resume", action="store_true", help="continue the U-Net from OUTPUT/state")
+    taef2.add_argument("--save-every-minutes", type=float, default=5.0)
     dist.add_arguments(parser)
     args = parser.parse_args(argv)
     accelerator = dist.make_accelerator(args.mixed_precision, args.gradient_accumulation_steps)
     if error := dist.check_batch_size(accelerator, args.batch_size):
         parser.error(error)
+    cfg = get_config(args.preset)
     ds = ScutFBP5500(args.data_root)
     train, _ = stratified_split(ds.split(args.split), args.val_fraction, args.seed)
+    if cfg.prior.autoencoder == "taef2":
+        return _main_taef2(args, accelerator, train)
     # The same aligned crops MD-Net trains on, downsized to the prior's resolution in pretrain().
     with dist.shared_work_first(accelerator):
-        faces, _ = aligned_faces(train, get_config(args.preset).preprocess.image_size, args.cache)
+        faces, _ = aligned_faces(train, cfg.preprocess.image_size, args.cache)
     summary = pretrain(faces, Path(args.output), args.preset, args.vae_steps, args.unet_steps, args.batch_size,
                        args.seed, accelerator)
     if accelerator.is_main_process:
         print(json.dumps(summary, indent=2))
+    return summary
+
+
+def _main_taef2(args: argparse.Namespace, accelerator: Accelerator, train: list) -> dict:
+    from mdnet.faces.scut import aligned_faces
+    from mdnet.faces.unlabeled import DEFAULT_FOLDER, read_folder
+    from mdnet.training.latent_prior import pretrain_on_latents
+    from mdnet.training.latents import FaceList, usable_unlabeled
+
+    size = get_config(args.preset).preprocess.image_size
+    unlabeled, rejected = [], []
+    with dist.shared_work_first(accelerator):  # the alignment caches, built once
+        aligned_faces(train, size, args.cache)
+        if args.unlabeled != "none":
+            folder = DEFAULT_FOLDER if args.unlabeled == "default" else args.unlabeled
+            unlabeled, rejected = usable_unlabeled(read_folder(folder, limit=args.unlabeled_limit, seed=args.seed),
+                                                   size, args.cache)
+    summary = pretrain_on_latents(
+        accelerator, FaceList(train, unlabeled), Path(args.output), args.preset, args.unet_steps, args.batch_size,
+        args.lr, args.seed, args.cache, args.taef2, args.resume, 60 * args.save_every_minutes)
+    summary["unlabeled_rejected"] = len(rejected)
+    if accelerator.is_main_process:
+        print(json.dumps(summary, indent=2))
+    return summary

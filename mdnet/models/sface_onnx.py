@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mdnet.models.checkpoint import file_sha256
+from mdnet.models.files import file_sha256
 from mdnet.models.sface import BN_EPS, HEAD_BN_EPS, SFACE_FILE, SFACE_SHA256, SFaceNet, sface_onnx_path
 
 if TYPE_CHECKING:
@@ -205,3 +205,11 @@ def convert_sface(model: onnx.ModelProto, outputs: Sequence[str] = ()) -> OnnxSF
     for name in outputs:
         model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     return OnnxSFace(convert(model), outputs).eval()
+
+
+def load_sface(path: str | Path | None = None, check_sha256: bool = True) -> SFaceNet:
+    """:class:`SFaceNet` in eval mode with the weights of the SFace ONNX file (default: :func:`sface_onnx_path`;
+    its sha256 is checked). Dev / training time: reads the file with ``onnx``."""
+    net = SFaceNet()
+    net.load_state_dict(sface_state_dict(path, check_sha256))
+    return net.eval()

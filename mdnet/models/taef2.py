@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mdnet.models.checkpoint import CheckpointError, file_sha256
+from mdnet.models.files import CheckpointError, file_sha256
 
 # The weights live outside the repository, in the workspace's shared folder: <workspace>/shared/weights/taef2.
 DEFAULT_TAEF2_DIR = Path(__file__).resolve().parents[3] / "shared" / "weights" / "taef2"

@@ -29,8 +29,8 @@ from diffusers import UNet2DConditionModel
 from mdnet.models.config import get_config
 from mdnet.models.taef2 import DECODER_FILE, ENCODER_FILE, SHA256, TAEF2, TAEF2Encoder, load_weights
 from mdnet.training import distributed as dist
+from mdnet.training.diffusion import plot_losses, sample_faces, save_grid, train_unet
 from mdnet.training.latents import FaceList, cached_latents
-from mdnet.training.pretrain_prior import plot_losses, sample_faces, save_grid, train_unet
 
 PRIOR_FILE = "prior.json"
 

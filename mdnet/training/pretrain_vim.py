@@ -50,6 +50,7 @@ from mdnet.models.masking import (
 )
 from mdnet.models.vim import VisionMamba
 from mdnet.training import distributed as dist
+from mdnet.training.stems import init_stem
 
 VIM_FILE = "vim.safetensors"
 STEM_PREFIX = "vim.patch_embed.0."  # the pretrained MobileNetV2 layers (their own learning rate)
@@ -99,9 +100,7 @@ def training_items(faces: Faces) -> dist.DrawDataset:
 
 def build_vim(preset: str, stem_weights: str, freeze_stem_layers: int) -> VisionMamba:
     """The preset's Vim, its pretrained stem loaded (``stem_weights``: "auto", "none" or a file; see
-    :func:`mdnet.training.train.init_stem`), the first K stem layers frozen."""
-    from mdnet.training.train import init_stem
-
+    :func:`mdnet.training.stems.init_stem`), the first K stem layers frozen."""
     cfg = get_config(preset)
     vim = VisionMamba(cfg.vim, cfg.preprocess.image_size)
     init_stem(vim, stem_weights, freeze_stem_layers)

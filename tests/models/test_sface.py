@@ -63,7 +63,7 @@ def test_sfacenet_equals_opencv_and_onnx2torch_on_a_real_face(astronaut_crops):
     path = _sface_path()
     import cv2
 
-    from mdnet.models.sface import load_sface
+    from mdnet.models.sface_onnx import load_sface
 
     x = torch.from_numpy(to_arcface_112(astronaut_crops)).float()
     with torch.no_grad():
@@ -90,7 +90,7 @@ def test_torch_realignment_matches_cv2_pixels_and_sface_embedding(astronaut_crop
     diff = (ours - cv).abs()[..., 4:-4, 4:-4]
     assert diff.max() <= 1.0 and diff.mean() < 0.5  # cv2 rounds to uint8 and to 1/32 px
     path = _sface_path()
-    from mdnet.models.sface import load_sface
+    from mdnet.models.sface_onnx import load_sface
 
     sface = load_sface(path)
     with torch.no_grad():
@@ -186,7 +186,7 @@ def test_dequantize_folds_a_block_quantized_conv_and_onnx2torch_converts_it():
 
 def test_load_sface_refuses_a_file_that_is_not_the_published_one(tmp_path):
     pytest.importorskip("onnx", reason="reading SFace's ONNX file needs onnx (pip install onnx)")
-    from mdnet.models.sface import load_sface
+    from mdnet.models.sface_onnx import load_sface
 
     fake = tmp_path / SFACE_FILE
     fake.write_bytes(b"not an onnx file")

@@ -127,7 +127,7 @@ def test_the_unet_resumes_at_its_step(faces, tmp_path, monkeypatch):
     from diffusers import UNet2DConditionModel
 
     from mdnet.models.config import get_config
-    from mdnet.training.pretrain_prior import train_unet
+    from mdnet.training.diffusion import train_unet
 
     cfg = get_config("micro-taef2").prior
     z = torch.randn(12, 32, 4, 4, generator=torch.Generator().manual_seed(0))

@@ -242,3 +242,37 @@ def test_training_starts_from_the_pretrained_vim(tmp_path):
         assert torch.equal(a, b), name
     with pytest.raises(ValueError, match="holds a Vim with config"):
         build_model("tiny", None, None, str(tmp_path / "vim.safetensors"))
+
+
+def test_pretraining_then_fine_tuning_then_prediction(data, reference, tmp_path):
+    """The chain the recipe runs: masked pretraining on unlabeled + training faces -> `mdnet train --vim-init`
+    (with the unlabeled faces again) -> checkpoint -> `mdnet predict`."""
+    from fake_scut import NO_FACE
+
+    from mdnet import predict
+    from mdnet.models.checkpoint import load_checkpoint
+    from mdnet.training import train
+
+    root, folder, work = data
+    vim_file = work / "ref" / pretrain_vim.VIM_FILE
+    summary = train.main(["--data-root", str(root), "--preset", "micro", "--batch-size", "4", "--epochs", "1",
+                          "--val-fraction", "0.25", "--vim-init", str(vim_file), "--unlabeled", str(folder),
+                          "--unlabeled-batch-size", "2", "--photo-variants", "0", "--cache", str(work / "cache"),
+                          "--output", str(tmp_path / "run"), "--checkpoint-out", str(tmp_path / "ckpt")])
+    assert summary["history"][0]["epoch"] == 1
+    model = load_checkpoint(tmp_path / "ckpt")
+    # The same run from a fresh Vim ends elsewhere: the pretrained start was used.
+    scratch = train.main(["--data-root", str(root), "--preset", "micro", "--batch-size", "4", "--epochs", "1",
+                          "--val-fraction", "0.25", "--unlabeled", str(folder), "--unlabeled-batch-size", "2",
+                          "--photo-variants", "0", "--cache", str(work / "cache"), "--output", str(tmp_path / "b"),
+                          "--checkpoint-out", str(tmp_path / "ckpt-b")])
+    other = load_checkpoint(tmp_path / "ckpt-b")
+    assert not torch.equal(model.vim.pos_embed, other.vim.pos_embed)
+    assert scratch["history"][0]["train_loss"] != summary["history"][0]["train_loss"]
+    images = sorted((root / "Images").glob("*.jpg"))
+    rows = predict.main([str(images[0]), str(root / "Images" / NO_FACE), "--checkpoint", str(tmp_path / "ckpt"),
+                         "--output", str(tmp_path / "scores.csv")])
+    assert (tmp_path / "scores.csv").is_file()
+    scored = {row["file"]: row for row in rows}
+    assert 1 <= scored[str(images[0])]["score"] <= 5
+    assert scored[str(root / "Images" / NO_FACE)]["score"] is None and scored[str(root / "Images" / NO_FACE)]["error"]

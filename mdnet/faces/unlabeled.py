@@ -141,6 +141,17 @@ def read_folder(
     return subset(samples, limit, seed)
 
 
+FOLDER_ALIASES = ("utkface", "default")  # the shared UTKFace copy, as the training jobs' --unlabeled spell it
+
+
+def resolve_folder(value: str | Path | None) -> Path | None:
+    """A job's ``--unlabeled`` value -> the folder to read: ``utkface`` or ``default`` name the shared UTKFace
+    copy (:data:`DEFAULT_FOLDER`), ``none`` (or nothing) none, anything else is a folder path."""
+    if value is None or str(value) in ("", "none"):
+        return None
+    return DEFAULT_FOLDER if str(value) in FOLDER_ALIASES else Path(value)
+
+
 def subset(samples: Sequence[UnlabeledSample], limit: int | None, seed: int = 0) -> list[UnlabeledSample]:
     """A seeded random subset of ``limit`` samples (all of them if ``limit`` is None or too large), sorted by name."""
     samples = sorted(samples, key=lambda s: s.name)

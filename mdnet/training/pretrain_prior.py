@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
 
 def _main_taef2(args: argparse.Namespace, accelerator: Accelerator, train: list) -> dict:
     from mdnet.faces.scut import aligned_faces
-    from mdnet.faces.unlabeled import DEFAULT_FOLDER, read_folder
+    from mdnet.faces.unlabeled import read_folder, resolve_folder
     from mdnet.training.latent_prior import pretrain_on_latents
     from mdnet.training.latents import FaceList, usable_unlabeled
 
@@ -207,8 +207,7 @@ def _main_taef2(args: argparse.Namespace, accelerator: Accelerator, train: list)
     unlabeled, rejected = [], []
     with dist.shared_work_first(accelerator):  # the alignment caches, built once
         aligned_faces(train, size, args.cache)
-        if args.unlabeled != "none":
-            folder = DEFAULT_FOLDER if args.unlabeled == "default" else args.unlabeled
+        if (folder := resolve_folder(args.unlabeled)) is not None:
             unlabeled, rejected = usable_unlabeled(read_folder(folder, limit=args.unlabeled_limit, seed=args.seed),
                                                    size, args.cache)
     summary = pretrain_on_latents(

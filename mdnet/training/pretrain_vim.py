@@ -188,10 +188,10 @@ def load_faces(args: argparse.Namespace, size: int, accelerator: Accelerator) ->
         parts.append(scut_faces)
         names += [s.name for s in train]
         info["scut_unaligned"] = len(unaligned)
-        if args.unlabeled != "none":
-            from mdnet.faces.unlabeled import align_samples, read_folder
+        from mdnet.faces.unlabeled import align_samples, read_folder, resolve_folder
 
-            samples = read_folder(args.unlabeled, limit=args.unlabeled_limit, seed=args.seed)
+        if (folder := resolve_folder(args.unlabeled)) is not None:
+            samples = read_folder(folder, limit=args.unlabeled_limit, seed=args.seed)
             aligned = align_samples(samples, size, args.cache, report=accelerator.is_local_main_process)
             parts.append(aligned.faces)
             names += aligned.names
@@ -211,7 +211,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     parser.add_argument("--val-fraction", type=float, default=0.1, help="as `mdnet train` carves it")
     parser.add_argument("--split-seed", type=int, default=None,
                         help="seed of that carving: the later `mdnet train --seed` (default: --seed)")
-    parser.add_argument("--unlabeled", default=str(DEFAULT_FOLDER), help="folder of unlabeled face photos, or 'none'")
+    parser.add_argument("--unlabeled", default=str(DEFAULT_FOLDER),
+                        help="folder of unlabeled face photos ('utkface': the shared copy), or 'none'")
     parser.add_argument("--unlabeled-limit", type=int, default=None,
                         help="a seeded random subset of this many unlabeled photos (all 18k at 224 px: 2.8 GB)")
     parser.add_argument("--preset", default="tiny")

@@ -24,12 +24,10 @@ import torch
 from accelerate import Accelerator
 
 from mdnet.faces.scut import cache_folder
-from mdnet.faces.unlabeled import DEFAULT_FOLDER, align_samples, read_folder
+from mdnet.faces.unlabeled import align_samples, read_folder, resolve_folder
 from mdnet.models.checkpoint import WEIGHTS_NAME, file_sha256, read_config, resolve_checkpoint
 from mdnet.models.mdnet import MDNet, score_aligned
 from mdnet.training import distributed as dist
-
-FOLDER_ALIASES = {"utkface": DEFAULT_FOLDER}
 
 
 class UnlabeledFaces(NamedTuple):
@@ -46,7 +44,7 @@ def load_unlabeled(folder: str, size: int, cache_dir: str | Path | None, limit: 
     With a ``teacher_size`` other than ``size``, the kept faces are aligned at that size too (through
     the same cache), and a face only kept at one size is dropped at both.
     """
-    samples = read_folder(FOLDER_ALIASES.get(folder, folder), limit=limit, seed=seed)
+    samples = read_folder(resolve_folder(folder), limit=limit, seed=seed)
     aligned = align_samples(samples, size, cache_dir)
     if not teacher_size or teacher_size == size:
         return UnlabeledFaces(aligned.faces, aligned.names, aligned.rejected, aligned.faces)

@@ -169,3 +169,9 @@ def test_utkface_names_all_parse():
     assert len(samples) > 18000
     assert all(s.meta is not None and 16 <= s.meta.age <= 70 for s in samples)
     assert U.group_counts(samples)[("White", "male")] == 4293  # the counts in the data set's README
+
+
+def test_every_job_spells_the_unlabeled_folder_the_same_way(tmp_path):
+    assert U.resolve_folder("utkface") == U.resolve_folder("default") == U.DEFAULT_FOLDER
+    assert U.resolve_folder("none") is None and U.resolve_folder(None) is None
+    assert U.resolve_folder(str(tmp_path)) == tmp_path

@@ -8,6 +8,7 @@ micro checkpoints with calibrated stream references; everything under tmp_path, 
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -158,3 +159,32 @@ def test_probe_prior_reads_a_pretrain_prior_folder(setup, capsys, monkeypatch):
     assert f"| {label} | **all maps** | 560 |" in out and dims == [80, 160, 160, 160, 560]
     with pytest.raises(SystemExit):
         bench.main(["--prior-folder", str(folder), "--data-root", str(setup["scut"])])  # no --preset
+
+
+def test_ablation_table_rows_from_checkpoints_runs_and_a_robustness_report(setup, tmp_path, capsys):
+    bench = _load("ablation_table")
+    first, second = setup["checkpoints"]
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "summary.json").write_text(json.dumps(
+        {"epoch_minutes": [10.0, 12.5], "prior_cache_minutes": None, "photo_variants": {"minutes": 2.5}}))
+    singles = {"jpeg_q25": 0.10, "blur": 0.02}
+    report = {"results": {first: {**{t: {"mean_abs": v} for t, v in singles.items()}, "compound": {"mean_abs": 0.3}}}}
+    (tmp_path / "rob.json").write_text(json.dumps(report))
+    out = tmp_path / "table.md"
+    rows = bench.main(["--data-root", str(setup["scut"]), "--cache", str(setup["cache"]),
+                       "--row", f"old=recipe={first}:35", "--row", f"new={second}:{run}",
+                       "--robustness", str(tmp_path / "rob.json"), "--output", str(out)])
+    assert [r["label"] for r in rows] == ["old=recipe", "new"]  # the label may hold '='
+    assert rows[0]["minutes"] == 35 and rows[1]["minutes"] == 25.0
+    assert rows[0]["compound"] == 0.3 and rows[0]["worst_single"] == 0.10
+    assert rows[0]["mean_single"] == pytest.approx(0.06)
+    assert rows[1]["compound"] is None  # not in the report: n/a, not made up
+    assert rows[0]["pc"] != rows[1]["pc"]  # two different models were scored
+    table = out.read_text()
+    assert table == capsys.readouterr().out
+    assert "| old=recipe (`" in table and "n/a" in table.splitlines()[-1]
+    with pytest.raises(SystemExit):
+        bench.main(["--row", "no-checkpoint"])
+    with pytest.raises(SystemExit):
+        bench.main(["--row", f"x={first}:{tmp_path / 'missing-run'}"])

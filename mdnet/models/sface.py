@@ -21,7 +21,7 @@ after that they live in our own checkpoints, and nothing here needs onnx::
 
 RGB, because OpenCV's ``FaceRecognizerSF::feature`` calls ``blobFromImage(aligned, 1, Size(112, 112),
 Scalar(), swapRB=true)`` on a BGR image. :class:`SFaceStem` is the Vim stem built on the first part
-(``trunk``): normalised mdnet crops -> re-alignment -> the stride-8 map.
+(``trunk``): normalised mdnet crops at the ArcFace scale -> the stride-8 map on the crop's token grid.
 """
 
 from __future__ import annotations
@@ -189,13 +189,25 @@ class ArcFaceAlign(nn.Module):
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
+def arcface_scale(size: int = 224, template: np.ndarray = TEMPLATE) -> float:
+    """How much :func:`arcface_matrix` shrinks an mdnet crop of side ``size`` (0.641 for mdnet's template)."""
+    return float(np.hypot(*arcface_matrix(size, template)[0, :2]))
+
+
 class SFaceStem(nn.Module):
-    """Vim stem: normalised mdnet crops ``(B, 3, size, size)`` -> SFace's stride-8 map ``(B, 512, 14, 14)``.
+    """Vim stem: normalised mdnet crops ``(B, 3, size, size)`` -> SFace's stride-8 features on the crop's own
+    ``14 x 14`` token grid, ``(B, 512, 14, 14)``.
 
     Undoes the model's input normalisation (``mean``, ``std``: MDNet.preprocess's, ImageNet's by default)
-    to RGB 0..255, re-aligns on the ArcFace template (:class:`ArcFaceAlign`) and runs SFace's ``trunk``
-    (conv_1 .. conv_12; weights from :func:`mdnet.models.sface_onnx.sface_state_dict`). 14 x 14 whatever
-    ``size`` is: the grid of a 224 crop with patch size 16.
+    to RGB 0..255, and shows SFace's ``trunk`` (conv_1 .. conv_12; weights from
+    :func:`mdnet.models.sface_onnx.sface_state_dict`) the *whole* crop at the ArcFace template's scale
+    (:func:`arcface_scale`: the face as large as in SFace's 112 px crops; 224 -> 144 px, bilinear without
+    anti-aliasing, as OpenCV's alignCrop). The two templates differ by a 0.3 degree rotation and a shift,
+    which a convolution does not care about. Its ``18 x 18`` stride-8 map then covers the crop and is
+    area-pooled onto the ``14 x 14`` grid of 16 px cells: token ``(i, j)`` describes crop pixels
+    ``[16 i, 16 i + 16) x [16 j, 16 j + 16)``, so attention maps and masked-patch targets line up with the
+    photo. (Re-aligning to the 112 px ArcFace crop itself, :class:`ArcFaceAlign`, would put the tokens in
+    SFace's frame, 0.64 times the crop's scale and shifted, and drop the crop's border.)
     """
 
     def __init__(self, size: int = 224, mean: tuple[float, float, float] = IMAGENET_MEAN,
@@ -203,9 +215,14 @@ class SFaceStem(nn.Module):
         super().__init__()
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
-        self.align = ArcFaceAlign(size)
+        self.size = size
+        self.input_side = 8 * round(size * arcface_scale(size) / 8)
         self.trunk = sface_trunk()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[-2:]) != (self.size, self.size):
+            raise ValueError(f"expected {self.size}x{self.size} crops, got {tuple(x.shape[-2:])}")
         rgb = (x * self.std + self.mean) * 255
-        return self.trunk(scale_input(self.align(rgb)))
+        small = F.interpolate(rgb, size=(self.input_side, self.input_side), mode="bilinear",
+                              align_corners=False, antialias=False)
+        return F.adaptive_avg_pool2d(self.trunk(scale_input(small)), STRIDE8_SIDE)

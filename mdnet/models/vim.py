@@ -110,9 +110,10 @@ def make_stem(cfg: VimConfig, image_size: int = 224) -> nn.Module:
     ``"patch"``: Vim's strided convolution. ``"mobilenet_v2"``: the first 14
     layers of MobileNetV2 (stride 16) and a 1x1 projection, so ImageNet weights
     (:func:`load_mobilenet_v2_stem`) can initialise the patch embedding.
-    ``"sface"``: the SFace face recognizer up to stride 8 on the crop re-aligned
-    to its 112 px ArcFace template (:class:`~mdnet.models.sface.SFaceStem`:
-    512 x 14 x 14, the grid of a 224 crop with p = 16) and a 1x1 projection;
+    ``"sface"``: the SFace face recognizer up to stride 8 on the crop shown at
+    its ArcFace template's scale, pooled onto the crop's own token grid
+    (:class:`~mdnet.models.sface.SFaceStem`: 512 x 14 x 14, the grid of a 224
+    crop with p = 16) and a 1x1 projection;
     weights from :func:`load_sface_stem`.
     """
     if cfg.stem == "patch":

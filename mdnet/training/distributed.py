@@ -41,6 +41,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, GradientAccumulationPlugin, set_seed
 from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm import tqdm
 
 DEBUG_RECORD_ENV = "MDNET_DEBUG_RECORD"
 PROGRESS_FILE = "progress.json"
@@ -255,19 +256,21 @@ def _move(x: Any, device: torch.device | str) -> Any:
     return x.to(device) if isinstance(x, torch.Tensor) else [t.to(device) for t in x]
 
 
-def sharded_map(accelerator: Accelerator, fn: Callable[[torch.Tensor], Any], n: int, batch_size: int = 64) -> Any:
+def sharded_map(accelerator: Accelerator, fn: Callable[[torch.Tensor], Any], n: int, batch_size: int = 64,
+                desc: str | None = None) -> Any:
     """``fn`` over ``range(n)``, split between the processes; every process gets all results, in order.
 
     ``fn(indices)`` returns a tensor, or a list of tensors, with one row per index. Each process runs
     batches of ``batch_size`` of a prepared ``DataLoader``; ``gather_for_metrics`` joins them and drops
     the repeats that pad the last batch, so every index counts once. Results come back on the CPU.
-    Collective: every process must call it.
+    Collective: every process must call it. ``desc``: show a progress bar (main process) with this label.
     """
     loader = accelerator.prepare_data_loader(
         DataLoader(list(range(n)), batch_size=batch_size * accelerator.num_processes), device_placement=False
     )
     parts = []
-    for idx in loader:
+    bar = tqdm(loader, desc=desc, unit="batch", disable=desc is None or not accelerator.is_main_process, leave=False)
+    for idx in bar:
         out = _move(fn(idx), accelerator.device)
         parts.append(_move(accelerator.gather_for_metrics(out), "cpu"))
     if not parts:

@@ -24,3 +24,13 @@ def init_stem(vim: VisionMamba, weights: str, freeze_layers: int) -> None:
         load_pretrained_stem(vim, path)
     if freeze_layers:
         stem_layers(vim)[:freeze_layers].requires_grad_(False)
+
+
+def frozen_stem_layers_eval(vim: VisionMamba, freeze_layers: int) -> None:
+    """Put the first ``freeze_layers`` pretrained stem layers in eval mode (after ``model.train()``).
+
+    A frozen layer is a fixed function: its BatchNorms must keep their pretrained running statistics and
+    normalise with them, not with each batch's statistics (which train mode would use and blend in).
+    """
+    if vim.cfg.stem in PRETRAINED_STEMS and freeze_layers:
+        stem_layers(vim)[:freeze_layers].eval()

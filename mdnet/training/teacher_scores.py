@@ -105,7 +105,7 @@ def teacher_scores(accelerator: Accelerator, teacher: str | Path, faces: torch.T
         raise ValueError(f"teacher {teacher} scores {model.cfg.preprocess.image_size} px crops, "
                          f"got {faces.shape[-1]} px")
     scores = dist.sharded_map(accelerator, lambda idx: score_aligned(model, faces[idx.cpu()], batch_size=len(idx)),
-                              len(faces), batch)
+                              len(faces), batch, desc=f"teacher scores ({len(faces)} faces)")
     if path is not None and accelerator.is_main_process:
         _write_atomically(path, {"teacher": str(teacher), "weights_sha256": sha, "size": faces.shape[-1],
                                  "names": names, "scores": scores.tolist()})

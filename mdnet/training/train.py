@@ -76,7 +76,7 @@ from mdnet.training.prior_cache import (
     prior_feature_cache,
     training_faces,
 )
-from mdnet.training.stems import PRETRAINED_STEMS, init_stem
+from mdnet.training.stems import PRETRAINED_STEMS, frozen_stem_layers_eval, init_stem
 from mdnet.training.teacher_scores import load_unlabeled, teacher_scores, teacher_size
 
 
@@ -315,6 +315,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
 
     for epoch in range(len(history), args.epochs):
         model.train()
+        frozen_stem_layers_eval(raw.vim, args.freeze_stem_layers)
         loader.set_epoch(epoch)
         if uloader is not None:
             uloader.set_epoch(epoch)

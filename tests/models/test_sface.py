@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mdnet.faces.transform import TEMPLATE
 from mdnet.models.config import IMAGENET_MEAN, IMAGENET_STD, VimConfig
@@ -16,6 +17,7 @@ from mdnet.models.sface import (
     SFaceNet,
     SFaceStem,
     arcface_matrix,
+    arcface_scale,
     sface_onnx_path,
     to_arcface_112,
 )
@@ -111,19 +113,43 @@ def test_sface_state_dict_fills_a_strict_sfacenet_and_the_stem():
     assert torch.equal(vim.patch_embed[0].trunk.conv_12.conv.weight, state["trunk.conv_12.conv.weight"])
 
 
-def test_sface_stem_undoes_the_normalisation_and_gives_the_stride8_map(astronaut_crops):
+def test_sface_stem_undoes_the_normalisation_and_sees_the_face_at_arcface_scale(astronaut_crops):
     torch.manual_seed(0)
     stem = SFaceStem(224).eval()
     net = SFaceNet().eval()
     net.trunk.load_state_dict(stem.trunk.state_dict())
     mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     x = (astronaut_crops.float() / 255 - mean) / std
+    assert stem.input_side == 144 and abs(arcface_scale(224) - 0.641) < 1e-3
     with torch.no_grad():
         got = stem(x)
-        want, _ = net.features(ArcFaceAlign(224)(astronaut_crops.float()))
+        small = F.interpolate(astronaut_crops.float(), size=(144, 144), mode="bilinear", align_corners=False)
+        want = F.adaptive_avg_pool2d(net.trunk(small / 128 - 127.5 / 128), 14)
     assert got.shape == (2, 512, 14, 14)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
-    assert not any(k.startswith(("mean", "std", "align")) for k in stem.state_dict())  # constants, not weights
+    assert not any(k.startswith(("mean", "std")) for k in stem.state_dict())  # constants, not weights
+    with pytest.raises(ValueError, match="224x224"):
+        stem(x[..., :200, :200])
+
+
+def test_sface_stem_tokens_sit_on_the_crops_own_16px_grid(astronaut_crops):
+    """A change inside crop cell (i, j) moves token (i, j) or a neighbour most (SFace's receptive field is
+    wider than a cell), also near the border, where the ArcFace 112 px crop (0.64 x the crop's scale,
+    shifted) would put it two or more cells away or drop it: crop cell (12, 12) lies outside that crop."""
+    torch.manual_seed(0)
+    from mdnet.models.sface_onnx import sface_state_dict
+
+    stem = SFaceStem(224).eval()
+    state = sface_state_dict(_sface_path())
+    stem.trunk.load_state_dict({k[len("trunk."):]: v for k, v in state.items() if k.startswith("trunk.")})
+    x = astronaut_crops[:1].float() / 255
+    with torch.no_grad():
+        base = stem(x)
+        for i, j in [(7, 7), (5, 9), (11, 3), (3, 4), (4, 12), (12, 6), (2, 11), (12, 12)]:
+            hit = x.clone()
+            hit[..., 16 * i:16 * i + 16, 16 * j:16 * j + 16] = torch.rand(1, 3, 16, 16)
+            row, col = divmod(int((stem(hit) - base).abs().sum(1)[0].argmax()), 14)
+            assert max(abs(row - i), abs(col - j)) <= 1, ((i, j), (row, col))
 
 
 def test_vim_with_an_sface_stem_tokens_and_size_check():

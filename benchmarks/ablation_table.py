@@ -2,9 +2,9 @@
 
 Every row is a checkpoint, scored here on the same validation faces (the 10 % that
 ``stratified_split(train, 0.1, seed=0)`` carves from the official 60/40 training list, mirror-averaged,
-with the stream ablation). The robustness columns come from a report of ``benchmarks/robustness.py
---output FILE`` that scored the same checkpoints (the compound transform, and the mean over the
-nine single transforms); the training minutes from the run's ``summary.json`` (``mdnet train
+with the stream ablation). The robustness columns come from reports of ``benchmarks/robustness.py
+--output FILE`` that scored the same checkpoints on the same faces (the compound transform, the mean
+and the worst of the nine single transforms); the training minutes from the run's ``summary.json`` (``mdnet train
 --output RUN``: photo variants + teacher + epochs, not the pretraining of the prior or the Vim),
 or given as a number for a checkpoint whose run is gone.
 
@@ -13,7 +13,7 @@ Usage::
     python benchmarks/ablation_table.py --data-root ../shared/data/scut-fbp5500 \\
         --row "shipped: tiny-vae, MobileNetV2, no camera training=checkpoints/default:35" \\
         --row "TAEF2 prior, SFace stem, camera training, UTKFace=runs/ckpt-real:runs/train-real" \\
-        --robustness runs/robustness.json [--output runs/ablation.md]
+        --robustness runs/robustness.json [--robustness runs/robustness-more.json] [--output runs/ablation.md]
 
 A row is ``LABEL=CHECKPOINT[:RUN_DIR or MINUTES]``.
 """
@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mdnet.training.evaluate import evaluate  # noqa: E402
+from mdnet.training.robustness_report import report_results, summary  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "scut-fbp5500"
 
@@ -57,14 +58,14 @@ def run_minutes(run: Path) -> float:
     return sum(summary["epoch_minutes"]) + (summary.get("prior_cache_minutes") or 0.0) + variants
 
 
-def robustness_columns(report: dict | None, checkpoint: str) -> tuple[float | None, float | None, float | None]:
-    """(compound, mean of the single transforms, worst single transform) of ``checkpoint`` in a robustness report."""
-    if report is None or checkpoint not in report["results"]:
-        return None, None, None
-    rows = report["results"][checkpoint]
-    single = [r["mean_abs"] for name, r in rows.items() if name != "compound" and r["mean_abs"] is not None]
-    compound = rows.get("compound", {}).get("mean_abs")
-    return compound, (sum(single) / len(single) if single else None), (max(single) if single else None)
+def robustness_columns(reports: list[dict], checkpoint: str) -> tuple[float | None, float | None, float | None]:
+    """(compound, mean of the single transforms, worst single transform) of ``checkpoint``, from the first of the
+    robustness reports that scored it (``None``s where none did)."""
+    for report in reports:
+        if checkpoint in report_results(report):
+            s = summary(report_results(report)[checkpoint])
+            return s["compound"], s["mean_single"], s["worst_single"]
+    return None, None, None
 
 
 def markdown(rows: list[dict]) -> str:
@@ -85,7 +86,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--row", action="append", required=True, help="LABEL=CHECKPOINT[:RUN_DIR or MINUTES]; repeat")
     ap.add_argument("--data-root", type=Path, default=DEFAULT_DATA)
-    ap.add_argument("--robustness", type=Path, default=None, help="JSON from benchmarks/robustness.py --output")
+    ap.add_argument("--robustness", type=Path, action="append", default=[],
+                    help="JSON from benchmarks/robustness.py --output; repeat for reports of different checkpoints "
+                         "(the same --limit and --seed, so the same faces)")
     ap.add_argument("--cache", default="cache", help="aligned-face cache folder ('' for none)")
     ap.add_argument("--output", type=Path, default=None, help="also write the table (markdown) here")
     args = ap.parse_args(argv)
@@ -93,12 +96,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
         specs = [parse_row(s) for s in args.row]
     except (ValueError, FileNotFoundError) as err:
         ap.error(str(err))
-    report = json.loads(args.robustness.read_text()) if args.robustness else None
+    reports = [json.loads(path.read_text()) for path in args.robustness]
     rows = []
     for label, checkpoint, minutes in specs:
         m = evaluate(checkpoint, str(args.data_root), "val", args.cache or None,
                      modes=("full", "prior_only", "vim_only"))
-        compound, mean_single, worst = robustness_columns(report, checkpoint)
+        compound, mean_single, worst = robustness_columns(reports, checkpoint)
         rows.append({"label": label, "checkpoint": checkpoint, "pc": m["pc"], "mae": m["mae"], "rmse": m["rmse"],
                      "prior_only": m["modes"]["prior_only"]["pc"], "vim_only": m["modes"]["vim_only"]["pc"],
                      "compound": compound, "mean_single": mean_single, "worst_single": worst, "minutes": minutes})

@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mdnet.faces import ROBUSTNESS_TRANSFORMS, AlignError, align, load_rgb  # noqa: E402
 from mdnet.models.mdnet import MDNet, score_aligned  # noqa: E402
+from mdnet.training.robustness_report import summary  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "scut-fbp5500"
@@ -150,10 +151,8 @@ def markdown_table(report: dict) -> str:
         lines.append(f"| {t} |{cells}")
     cells = ""
     for lb in labels:
-        rows = [r for r in report["results"][lb].values() if r["mean_abs"] is not None]
-        mean_abs = float(np.mean([r["mean_abs"] for r in rows])) if rows else None
-        bias = float(np.mean([r["bias"] for r in rows])) if rows else None
-        cells += f" **{num(mean_abs, '.3f')}** | {num(bias, '+.3f')} | {sum(r['unaligned'] for r in rows)} |"
+        s = summary(report["results"][lb])
+        cells += f" **{num(s['mean'], '.3f')}** | {num(s['bias'], '+.3f')} | {s['unaligned']} |"
     lines.append(f"| **mean of the rows** |{cells}")
     return "\n".join(lines)
 

@@ -184,6 +184,11 @@ def test_ablation_table_rows_from_checkpoints_runs_and_a_robustness_report(setup
     table = out.read_text()
     assert table == capsys.readouterr().out
     assert "| old=recipe (`" in table and "n/a" in table.splitlines()[-1]
+    # Several reports (say, a later run for a new checkpoint): each checkpoint's columns from the one that holds it.
+    later = {"results": {second: {"blur": {"mean_abs": 0.05}, "compound": {"mean_abs": 0.07}}}}
+    assert bench.robustness_columns([report, later], second) == (0.07, 0.05, 0.05)
+    assert bench.robustness_columns([report, later], first)[0] == 0.3
+    assert bench.robustness_columns([], first) == (None, None, None)
     with pytest.raises(SystemExit):
         bench.main(["--row", "no-checkpoint"])
     with pytest.raises(SystemExit):

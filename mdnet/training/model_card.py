@@ -30,6 +30,7 @@ from pathlib import Path
 from mdnet.models.sface import TRUNK_UNITS as SFACE_UNITS
 from mdnet.models.taef2 import DEFAULT_TAEF2_DIR, LATENT_CHANNELS
 from mdnet.models.vim import MOBILENET_V2_STRIDE16_LAYERS as MOBILENET_LAYERS
+from mdnet.training.robustness_report import report_results, summary
 
 GROUPS = ("AF", "AM", "CF", "CM")
 FIGURES = {"samples.png": "prior", "losses.png": "prior", "history.png": "train"}
@@ -128,17 +129,14 @@ def stream_verdict(val: dict) -> str:
 
 def robustness_table(report: dict) -> str:
     """Rows: transforms and their mean; a column per checkpoint: mean |score change| (1-5 scale)."""
-    results = report.get("results")
-    if not isinstance(results, dict) or not results:
-        raise ValueError("the robustness file has no 'results': write it with benchmarks/robustness.py --output")
+    results = report_results(report)
     labels = list(results)
     transforms = list(dict.fromkeys(t for lb in labels for t in results[lb]))
     cells = {lb: {t: (results[lb].get(t) or {}).get("mean_abs") for t in transforms} for lb in labels}
     lines = ["| transform |" + "".join(f" `{lb}` |" for lb in labels), "|---|" + "---:|" * len(labels)]
     lines += [f"| {t} |" + "".join(f" {_num(cells[lb][t])} |" for lb in labels) for t in transforms]
-    means = [[v for v in cells[lb].values() if v is not None] for lb in labels]
-    lines.append("| **mean of the rows** |" + "".join(f" **{_num(sum(m) / len(m) if m else None)}** |"
-                                                       for m in means))
+    lines.append("| **mean of the rows** |" + "".join(f" **{_num(summary(results[lb])['mean'])}** |"
+                                                       for lb in labels))
     return "\n".join(lines)
 
 

@@ -265,6 +265,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
         else:
             history = progress["history"]
             accelerator.print(f"resumed after epoch {len(history)} on {accelerator.num_processes} process(es)")
+            planned = progress.get("epochs")
+            if planned is not None and planned != args.epochs:
+                accelerator.print(f"warning: the saved run planned {planned} epochs and this one {args.epochs}: the "
+                                  f"one-cycle learning rate jumps to where a {args.epochs}-epoch schedule stands after "
+                                  f"epoch {len(history)}, so the result differs from a fresh {args.epochs}-epoch run")
     # The schedule counts optimizer steps; a resumed run follows its --epochs from the step where it stopped.
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=[g["lr"] for g in groups], total_steps=args.epochs * steps_per_epoch, pct_start=0.15
@@ -356,8 +361,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
         accelerator.print(f"epoch {epoch + 1}: " + ", ".join(f"{k} {v:.4f}" for k, v in history[-1].items()
                                                                if k != "epoch"))
         dist.save_state(accelerator, state_dir, {"epoch": epoch + 1, "optimizer_steps": (epoch + 1) * steps_per_epoch,
-                                                 "batch_size": args.batch_size, "seed": args.seed,
-                                                 "processes": accelerator.num_processes, "history": history})
+                                                 "epochs": args.epochs, "batch_size": args.batch_size,
+                                                 "seed": args.seed, "processes": accelerator.num_processes,
+                                                 "history": history})
         if accelerator.is_main_process:
             dist.debug_record(accelerator, wrote=[str(state_dir), *write_history(history, out)])
 

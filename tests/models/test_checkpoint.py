@@ -173,3 +173,26 @@ def test_pretrained_prior_weights_stay_out_of_the_checkpoint(tmp_path):
     x = faces(model, 1)
     with torch.no_grad():
         assert torch.equal(model(x).score, loaded(x).score)
+
+
+def test_the_frozen_sface_head_is_stored_in_half_precision_and_round_trips_exactly(tmp_path):
+    from dataclasses import replace
+
+    from safetensors.torch import load_file
+
+    from mdnet.models.config import PreprocessConfig, VimConfig, get_config
+
+    torch.manual_seed(0)
+    micro = get_config("micro")
+    cfg = replace(micro, preprocess=PreprocessConfig(image_size=224),
+                  vim=VimConfig(stem="sface", patch_size=16, embed_dim=16, depth=1, d_state=4, identity=True))
+    model = MDNet(cfg).eval()
+    path = save_checkpoint(model, tmp_path / "ckpt")
+    stored = load_file(path / "model.safetensors")
+    head = [k for k in stored if k.startswith("vim.identity.sface.")]
+    assert "vim.identity.sface.fc.weight" in head
+    assert all(stored[k].dtype == torch.float16 for k in head if stored[k].is_floating_point())
+    assert stored["vim.patch_embed.0.trunk.conv_1.conv.weight"].dtype == torch.float32
+    loaded = MDNet.from_pretrained(path)
+    a, b = model.state_dict(), loaded.state_dict()
+    assert all(torch.equal(a[k], b[k]) and a[k].dtype == b[k].dtype for k in a)

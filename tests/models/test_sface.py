@@ -234,3 +234,51 @@ def test_realignment_maps_the_mdnet_template_onto_arcface():
     assert (out[:, 0] == 200).all() and (out[:, 1:] == 0).all()  # channel order kept, borders replicated
     ours = ArcFaceAlign(224)(torch.from_numpy(crops).float())
     torch.testing.assert_close(ours, torch.from_numpy(out).float(), rtol=0, atol=1e-3)
+
+
+def test_identity_is_a_fixed_copy_of_sface_on_the_arcface_crop(astronaut_crops):
+    from mdnet.models.sface import SFaceIdentity
+    from mdnet.models.sface_onnx import sface_state_dict
+
+    identity = SFaceIdentity(224)
+    assert not any(p.requires_grad for p in identity.parameters())
+    identity.train()
+    assert identity.training and not identity.sface.training and not identity.sface.fc_bn.training
+    state = sface_state_dict(_sface_path())
+    identity.load_sface(state)
+    w = identity.sface.fc.weight
+    assert torch.equal(w, w.half().float())  # float16 values, as a checkpoint stores them
+    net = SFaceNet().eval()
+    net.load_state_dict(state)
+    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    crops = astronaut_crops.float()
+    x = (crops / 255 - mean) / std
+    got = identity(x)
+    assert not got.requires_grad  # no graph for a fixed function ...
+    with torch.no_grad():
+        want = net(torch.from_numpy(to_arcface_112(astronaut_crops)).float())   # OpenCV's re-alignment
+    assert F.cosine_similarity(got, want).min() > 0.99
+    assert identity(x.requires_grad_()).requires_grad  # ... unless the input needs gradients (saliency)
+
+
+def test_vim_identity_adds_the_projected_embedding_to_the_class_token_and_trains_around_the_head():
+    torch.manual_seed(0)
+    cfg = VimConfig(stem="sface", embed_dim=16, depth=1, d_state=4)
+    plain = VisionMamba(cfg, image_size=224).eval()
+    vim = VisionMamba(VimConfig(**{**cfg.__dict__, "identity": True}), image_size=224).eval()
+    missing = vim.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing and all(k.startswith(("identity.", "identity_proj.")) for k in missing)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        assert not torch.allclose(vim(x).tokens, plain(x).tokens)
+        vim.identity_proj[1].weight.zero_()
+        vim.identity_proj[1].bias.zero_()
+        torch.testing.assert_close(vim(x).tokens, plain(x).tokens)
+    vim.identity_proj[1].reset_parameters()
+    vim.train()
+    vim(x).cls.sum().backward()
+    assert vim.identity_proj[1].weight.grad is not None
+    assert vim.patch_embed[0].trunk.conv_12.conv.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in vim.identity.parameters())
+    with pytest.raises(ValueError, match="sface stem"):
+        VisionMamba(VimConfig(stem="patch", embed_dim=16, depth=1, identity=True), image_size=224)

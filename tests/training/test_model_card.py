@@ -150,6 +150,18 @@ def test_new_recipe_describes_taef2_sface_utkface_and_robustness(tmp_path):
     assert (runs["ckpt"] / model_card.TAEF2_LICENCE).read_text().startswith("MIT License")
 
 
+def test_the_identity_embedding_is_credited_as_a_frozen_sface_copy(tmp_path):
+    runs = new_runs(tmp_path)
+    cfg = config("tiny-sface-id", "sface", "taef2")
+    cfg["model"]["vim"]["identity"] = True
+    write(runs["ckpt"] / "config.json", cfg)
+    text = card(runs)
+    assert "| identity embedding: a copy of the whole SFace on the ArcFace crop (128-d) |" in text
+    assert "stored in float16 | frozen |" in text and "| identity projection" in text
+    assert "the stem's starting weights and the frozen identity network" in text.split("## Licence and limits")[1]
+    assert "identity" not in card(new_runs(tmp_path / "plain"))
+
+
 def test_samples_note_is_passed_through(tmp_path):
     text = card(new_runs(tmp_path), "--samples-note", "Coloured blobs: the prior has not learned faces.")
     assert "Coloured blobs: the prior has not learned faces.\n\n![samples](samples.png)" in text

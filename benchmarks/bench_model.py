@@ -41,7 +41,7 @@ def main() -> None:
         return run
 
     def fusion_and_head(vim, feats):
-        return model.head(model.fusion(vim.tokens, feats).tokens, vim.cls_index)
+        return model.head(model.head.features(model.fusion(vim.tokens, feats).tokens, vim.cls_index))
 
     print(header(f"MD-Net '{args.preset}' forward latency ({args.device})"))
     params = sum(p.numel() for p in model.parameters())

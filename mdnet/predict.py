@@ -5,6 +5,11 @@
 Each photo is aligned (largest face) and scored like in the app. A photo that
 cannot be scored gets an error message in the ``error`` column instead of a
 score; the run carries on.
+
+Columns: ``file``, ``score``, ``low`` and ``high`` (the calibrated prediction interval at ``level``,
+``--level`` or the checkpoint's default, 0.9; empty for a checkpoint never calibrated with ``mdnet
+calibrate``), ``unusual`` (1 when the face is unlike the training faces: the interval was widened and
+the score is less reliable), ``faces`` (how many were found), ``error``.
 """
 
 from __future__ import annotations
@@ -19,7 +24,10 @@ import torch
 from tqdm import tqdm
 
 from mdnet.models.checkpoint import DEFAULT_CHECKPOINT, default_device
-from mdnet.models.mdnet import score_aligned
+from mdnet.models.mdnet import score_faces
+from mdnet.uncertainty.calibration import Uncertainty
+
+COLUMNS = ["file", "score", "low", "high", "level", "unusual", "faces", "error"]
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -35,18 +43,25 @@ def collect(paths: list[str]) -> list[Path]:
     return files
 
 
-def predict(files: list[Path], model) -> list[dict]:
+def predict(files: list[Path], model, uncertainty: Uncertainty | None = None, level: float | None = None) -> list[dict]:
+    """One row per file (:data:`COLUMNS`); ``uncertainty`` adds the interval at ``level`` (its default if None)."""
     from mdnet.faces import AlignError, align
 
     rows = []
     for f in tqdm(files, desc="scoring", disable=len(files) < 2):
-        row = {"file": str(f), "score": None, "faces": 0, "error": ""}
+        row = {"file": str(f), "score": None, "low": None, "high": None, "level": None, "unusual": None, "faces": 0,
+               "error": ""}
         try:
             if not f.is_file():
                 raise FileNotFoundError(f"no such file: {f}")
             face = align(f, size=model.cfg.preprocess.image_size)
             crop = torch.from_numpy(face.image).permute(2, 0, 1).unsqueeze(0)
-            row.update(score=round(float(score_aligned(model, crop)[0]), 4), faces=len(face.faces))
+            scored = score_faces(model, crop)
+            score = float(scored.score[0])
+            row.update(score=round(score, 4), faces=len(face.faces))
+            if uncertainty is not None:
+                i = uncertainty.describe(score, float(scored.mirror_gap[0]), scored.embedding[0].numpy(), level)
+                row.update(low=round(i.low, 4), high=round(i.high, 4), level=i.level, unusual=int(i.unusual))
         except (AlignError, OSError) as err:
             row["error"] = str(err)
         rows.append(row)
@@ -60,19 +75,29 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> list[dict]:
     parser.add_argument("paths", nargs="+", help="image files or folders")
     parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     parser.add_argument("--output", default=None, help=".csv or .json; printed as CSV when omitted")
+    parser.add_argument("--level", type=float, default=None,
+                        help="coverage of the low-high interval, e.g. 0.8 or 0.95 (default: the checkpoint's, 0.9)")
     args = parser.parse_args(argv)
-    from mdnet.models.checkpoint import CheckpointError, load_checkpoint
+    if args.level is not None and not 0 < args.level < 1:
+        parser.error(f"--level must be between 0 and 1, got {args.level}")
+    from mdnet.models.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
+    from mdnet.uncertainty.calibration import load_uncertainty
 
     try:
-        model = load_checkpoint(args.checkpoint, device=default_device())
+        folder = resolve_checkpoint(args.checkpoint)
+        model = load_checkpoint(folder, device=default_device())
+        uncertainty = load_uncertainty(folder)
     except CheckpointError as err:
         parser.exit(2, f"error: {err}\n")
-    rows = predict(collect(args.paths), model)
+    if uncertainty is None:
+        print(f"note: {args.checkpoint} has no calibrated intervals (mdnet calibrate); low/high stay empty",
+              file=sys.stderr)
+    rows = predict(collect(args.paths), model, uncertainty, args.level)
     if args.output and args.output.endswith(".json"):
         Path(args.output).write_text(json.dumps(rows, indent=2) + "\n")
     else:
         handle = open(args.output, "w", newline="") if args.output else sys.stdout  # noqa: SIM115
-        writer = csv.DictWriter(handle, fieldnames=["file", "score", "faces", "error"])
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
         if args.output:

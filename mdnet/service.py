@@ -39,8 +39,14 @@ from mdnet.errors import (  # re-exported: the app and API clients of the servic
     is_user_error,
 )
 from mdnet.faces.io import MAX_PIXELS
-from mdnet.models.checkpoint import DEFAULT_CHECKPOINT, CheckpointError, default_device, load_checkpoint
-from mdnet.models.mdnet import MDNet, score_aligned
+from mdnet.models.checkpoint import (
+    DEFAULT_CHECKPOINT,
+    CheckpointError,
+    default_device,
+    load_checkpoint,
+    resolve_checkpoint,
+)
+from mdnet.models.mdnet import FaceScores, MDNet, score_faces
 from mdnet.percentiles import (  # re-exported, as above
     SCORE_DISTRIBUTION_NAME,
     ScoreReference,
@@ -60,6 +66,7 @@ from mdnet.photos import (  # re-exported, as above
     read_photo,
     thumbnail,
 )
+from mdnet.uncertainty.calibration import UNUSUAL_SENTENCE, ScoreInterval, Uncertainty, load_uncertainty
 
 __all__ = [
     "DISPLAY_MAX_SIDE",
@@ -72,11 +79,13 @@ __all__ = [
     "MAX_PIXELS",
     "MAX_UPLOAD_MB",
     "SCORE_DISTRIBUTION_NAME",
+    "UNUSUAL_SENTENCE",
     "VIEWS",
     "ModelStatus",
     "ModelUnavailableError",
     "PhotoAnalysis",
     "PhotoScore",
+    "ScoreInterval",
     "ScoreReference",
     "ServiceError",
     "UploadTooLargeError",
@@ -109,9 +118,14 @@ Progress = Callable[[float], object]
 
 @dataclass
 class ModelStatus:
+    """The loaded model (None when it could not be), where it came from, a sentence for the page, and
+    its calibrated intervals (:class:`mdnet.uncertainty.Uncertainty`; None for a checkpoint that was
+    never calibrated with ``mdnet calibrate``)."""
+
     model: MDNet | None
     source: str
     message: str
+    uncertainty: Uncertainty | None = None
 
     @property
     def ready(self) -> bool:
@@ -128,10 +142,17 @@ def load_model(checkpoint: str | os.PathLike | None = None) -> ModelStatus:
     if checkpoint is None and "MDNET_CHECKPOINT" not in os.environ and not DEFAULT_CHECKPOINT.is_dir():
         return ModelStatus(None, source, "No trained checkpoint is shipped yet: the model is not trained.")
     try:
-        model = load_checkpoint(source, device=default_device())
+        folder = resolve_checkpoint(source)
+        model = load_checkpoint(folder, device=default_device())
     except CheckpointError as err:
         return ModelStatus(None, source, f"The model could not be loaded: {err}")
-    return ModelStatus(model, source, f"Model '{model.cfg.name}' loaded from {source} on {default_device()}.")
+    message = f"Model '{model.cfg.name}' loaded from {source} on {default_device()}."
+    try:
+        uncertainty = load_uncertainty(folder)
+    except CheckpointError as err:  # the scores still work; only their intervals are missing
+        uncertainty = None
+        message += f" Scores come without intervals: {err}"
+    return ModelStatus(model, source, message, uncertainty)
 
 
 # =========================================================================== the shared model
@@ -188,6 +209,8 @@ class PhotoScore:
         crops: the aligned crop of each face kept (largest first, at most :data:`MAX_FACES_KEPT`; None for
             faces not cropped), so that another face can be scored without the original photo.
         model_name, score_range, reference_source, seconds.
+        interval: how sure the score is (:class:`mdnet.uncertainty.ScoreInterval`: a calibrated
+            prediction interval and the unusual-photo flag), None for an uncalibrated checkpoint.
     """
 
     score: float
@@ -202,6 +225,7 @@ class PhotoScore:
     score_range: tuple[float, float] = (1.0, 5.0)
     reference_source: str | None = None
     seconds: float = 0.0
+    interval: ScoreInterval | None = None
 
     @property
     def faces_note(self) -> str:
@@ -226,6 +250,9 @@ class PhotoScore:
         """One line: the score and where it falls."""
         low, high = self.score_range
         text = f"{self.score:.2f} on the {low:g}-{high:g} scale"
+        if self.interval is not None:
+            i = self.interval
+            text += f", likely between {i.low:.2f} and {i.high:.2f} ({i.level * 100:.0f} % range)"
         if self.percentile is not None:
             text += f", higher than {self.percentile:.0f}% of the training faces"
         return text
@@ -247,7 +274,14 @@ class PhotoScore:
             "model": self.model_name,
             "seconds": round(self.seconds, 3),
             "note": self.faces_note,
+            "interval": None if self.interval is None else self.interval.to_json(),
+            "unusual_photo_note": self.unusual_note,
         }
+
+    @property
+    def unusual_note(self) -> str:
+        """The plain sentence for a photo unlike the training faces ("" otherwise)."""
+        return UNUSUAL_SENTENCE if self.interval is not None and self.interval.unusual else ""
 
     # ------------------------------------------------------------- drawing
     def face_view(self, side: int = CROP_DISPLAY) -> np.ndarray:
@@ -300,9 +334,13 @@ def _align_photo(image: Any, face_index: int, model: MDNet, search: str = "auto"
     return _Kept(np.ascontiguousarray(small), f, tuple(crops)), aligned
 
 
-def _result(status: ModelStatus, kept: _Kept, aligned: Any, score: float, start: float) -> PhotoScore:
+def _result(status: ModelStatus, kept: _Kept, aligned: Any, scored: FaceScores, start: float) -> PhotoScore:
     model = status.model
     ref = score_reference(status)
+    score = float(scored.score[0])
+    interval = None
+    if status.uncertainty is not None:
+        interval = status.uncertainty.describe(score, float(scored.mirror_gap[0]), scored.embedding[0].numpy())
     return PhotoScore(
         score=score,
         percentile=None if ref is None else ref.percentile(score),
@@ -316,12 +354,13 @@ def _result(status: ModelStatus, kept: _Kept, aligned: Any, score: float, start:
         score_range=tuple(model.cfg.score_range),
         reference_source=None if ref is None else ref.source,
         seconds=time.perf_counter() - start,
+        interval=interval,
     )
 
 
-def _score_crop(model: MDNet, crop: np.ndarray) -> float:
+def _score_crop(model: MDNet, crop: np.ndarray) -> FaceScores:
     faces = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1).unsqueeze(0)
-    return float(score_aligned(model, faces)[0])
+    return score_faces(model, faces)
 
 
 def score_photo(
@@ -531,7 +570,7 @@ def _explain(
             progress(0.1 + 0.85 * fraction)
 
     analysis = explain.analyze(status.model, aligned, steps=steps, progress=ig_progress)
-    result = _result(status, kept, aligned, analysis.score, start)  # the same mirror-averaged score_aligned
+    result = _result(status, kept, aligned, analysis.scored, start)  # the same mirror-averaged score_faces
     if progress is not None:
         progress(1.0)
     return PhotoAnalysis(result=result, analysis=analysis, seconds=time.perf_counter() - start)

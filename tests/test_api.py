@@ -55,12 +55,16 @@ def test_score_returns_the_score_and_where_it_falls(client):
     result = client.predict(handle_file(EXAMPLES / "two_faces.jpg"), 1, api_name="/score")
     assert 1 <= result["score"] <= 5 and 0 <= result["percentile"] <= 100
     assert result["faces_found"] == 2 and result["face_index"] == 1 and len(result["faces"]) == 2
+    interval = result["interval"]  # the test checkpoint is calibrated (tests/test_service.make_checkpoint)
+    assert 1 <= interval["low"] <= result["score"] <= interval["high"] <= 5 and interval["level"] == 0.9
+    assert isinstance(interval["unusual"], bool) and isinstance(result["unusual_photo_note"], str)
 
 
 def test_analyze_returns_json_and_three_images(client):
     numbers, face, attention, ig = client.predict(handle_file(EXAMPLES / "astronaut.jpg"), 0, 2, "photo",
                                                   api_name="/analyze")
     assert numbers["integrated_gradients"]["n_steps"] == 2 and numbers["ablation"]["full"] > 1
+    assert numbers["interval"]["low"] <= numbers["score"] <= numbers["interval"]["high"]
     for path in (face, attention, ig):
         assert Path(path).is_file() and Path(path).stat().st_size > 1000
 

@@ -65,7 +65,7 @@ def test_app_talks_only_to_the_service():
 def test_the_page_states_privacy_honesty_limits_and_api(status):
     demo = app.build_demo(status)
     text = json.dumps(demo.config, default=str)
-    for words in ("never stored, logged", "Asian and Caucasian adults", "not** an objective measure",
+    for words in ("never stored, logged", "Asian and Caucasian adults", "not** an objective measure", "How sure it is",
                   f"at most {service.MAX_UPLOAD_MB} MB", "/score", "/analyze"):
         assert words in text, words
     endpoints = demo.get_api_info()["named_endpoints"]
@@ -89,6 +89,9 @@ def test_upload_gives_a_quick_score_then_every_panel(handlers):
     message, dropdown, state, ok, score_md, face, *rest = quick
     assert ok and isinstance(state, service.PhotoScore) and "Scored" in message
     assert score_md.startswith("## ") and face.shape == (service.CROP_DISPLAY, service.CROP_DISPLAY, 3)
+    i = state.interval  # the calibrated interval, in the words of the page
+    assert f"Likely between **{i.low:.1f}** and **{i.high:.1f}**" in score_md and "90 % range" in score_md
+    assert (service.UNUSUAL_SENTENCE in score_md) is i.unusual
     assert dropdown.visible is False  # one face: nothing to choose
     full = handlers.full(state, "crop", 4, ok, progress=lambda *a, **k: None)
     message, report, score_md, face, attention, ig, ablation, regions, text, numbers = full
@@ -171,6 +174,7 @@ def test_live_scoring_and_freezing_a_frame(handlers):
     frame = astronaut()
     overlay, text, kept = handlers.live(frame)
     assert "Live score" in text and overlay.shape[2] == 3 and np.array_equal(kept, frame)
+    assert "Likely between" in text  # the live score carries its interval too
     overlay, text, kept = handlers.live(np.full((240, 320, 3), 90, np.uint8))
     assert "No face was found" in text and overlay.shape == (240, 320, 3)
     assert all(v is gr.skip() or isinstance(v, dict) for v in handlers.live(None))

@@ -68,3 +68,25 @@ def test_the_old_module_paths_are_gone():
     for old in ("mdnet.train", "mdnet.evaluate", "mdnet.align", "mdnet.model", "mdnet.viz"):
         done = subprocess.run([sys.executable, "-c", f"import {old}"], capture_output=True, text=True, timeout=120)
         assert done.returncode != 0, old
+
+
+def test_predict_writes_the_interval_columns_for_a_calibrated_checkpoint(tmp_path):
+    from test_service import make_checkpoint
+
+    folder = make_checkpoint(tmp_path / "micro")
+    out = tmp_path / "scores.csv"
+    cli.run(["predict", str(ASTRONAUT), str(tmp_path / "missing.jpg"), "--checkpoint", str(folder),
+             "--level", "0.8", "--output", str(out)])
+    import csv
+
+    rows = list(csv.DictReader(out.open()))
+    assert list(rows[0]) == ["file", "score", "low", "high", "level", "unusual", "faces", "error"]
+    low, score, high = float(rows[0]["low"]), float(rows[0]["score"]), float(rows[0]["high"])
+    assert 1 <= low <= score <= high <= 5 and rows[0]["level"] == "0.8" and rows[0]["unusual"] in ("0", "1")
+    status = service.load_model(folder)
+    expected = service.score_photo(ASTRONAUT.read_bytes(), status=status)
+    assert score == pytest.approx(expected.score, abs=1e-4)
+    assert rows[1]["score"] == rows[1]["low"] == "" and "no such file" in rows[1]["error"]
+    with pytest.raises(SystemExit) as exit_:
+        cli.run(["predict", str(ASTRONAUT), "--checkpoint", str(folder), "--level", "90"])
+    assert exit_.value.code == 2

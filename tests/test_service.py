@@ -31,15 +31,36 @@ REFERENCE_SCORES = [1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5]
 
 
 # --------------------------------------------------------------------------- shared helpers (other test files use them)
-def make_checkpoint(folder: Path) -> Path:
-    """A calibrated micro checkpoint with a score distribution of :data:`REFERENCE_SCORES`."""
+def make_checkpoint(folder: Path, intervals: bool = True) -> Path:
+    """A calibrated micro checkpoint with a score distribution of :data:`REFERENCE_SCORES` and (``intervals``)
+    an ``uncertainty.safetensors`` fitted on its own scores of random faces, made-up labels around them."""
     model = build_model("micro")
     model.calibrate_references([faces(model, 2, seed=s) for s in range(2)])
     model.save_pretrained(folder)
     labels = folder.parent / f"{folder.name}-labels.txt"
     labels.write_text("".join(f"AF{i}.jpg {s}\n" for i, s in enumerate(REFERENCE_SCORES, 1)))
     service.write_score_distribution(labels, folder)
+    if intervals:
+        make_uncertainty(model).save(folder)
     return folder
+
+
+def make_uncertainty(model):
+    """:func:`mdnet.uncertainty.calibrate.fit_uncertainty` on the model's scores of random uint8 faces."""
+    import torch
+
+    from mdnet.models.mdnet import score_faces
+    from mdnet.uncertainty.calibrate import fit_uncertainty
+
+    size = model.cfg.preprocess.image_size
+    gen = torch.Generator().manual_seed(5)
+    train = score_faces(model, torch.randint(0, 256, (24, 3, size, size), dtype=torch.uint8, generator=gen))
+    val = score_faces(model, torch.randint(0, 256, (20, 3, size, size), dtype=torch.uint8, generator=gen))
+    noise = np.random.default_rng(5).normal(0, 0.3, 20)
+    stats = {"train_embedding": train.embedding.numpy(), "val_embedding": val.embedding.numpy(),
+             "val_score": val.score.numpy(), "val_gap": val.mirror_gap.numpy(),
+             "val_target": np.clip(val.score.numpy() + noise, 1, 5)}
+    return fit_uncertainty(stats, source="20 random faces (test)")
 
 
 @contextlib.contextmanager
@@ -109,9 +130,11 @@ def test_score_photo_aligns_scores_and_places_the_score(status):
 def test_the_service_score_is_the_mirror_averaged_score_of_the_crop(status):
     import torch
 
+    from mdnet.models.mdnet import score_aligned
+
     result = service.score_photo(astronaut(), status=status)
     crop = torch.from_numpy(result.aligned.image).permute(2, 0, 1).unsqueeze(0)
-    assert result.score == pytest.approx(float(service.score_aligned(status.model, crop)[0]), abs=1e-6)
+    assert result.score == pytest.approx(float(score_aligned(status.model, crop)[0]), abs=1e-6)
 
 
 def test_several_faces_are_listed_largest_first_and_each_can_be_scored(status):
@@ -125,6 +148,41 @@ def test_several_faces_are_listed_largest_first_and_each_can_be_scored(status):
     with pytest.raises(FaceIndexError) as err:
         service.score_photo(photo, 5, status=status, search="thorough")
     assert "only 2 faces" in service.friendly_error(err.value)
+
+
+def test_every_score_comes_with_its_calibrated_interval(status):
+    assert status.uncertainty is not None
+    result = service.score_photo(jpeg_bytes(astronaut()), status=status)
+    i = result.interval
+    assert 1.0 <= i.low <= i.high <= 5.0 and i.level == 0.9
+    # the interval is the stored calibration applied to this face's mirror gap and features
+    import torch
+
+    from mdnet.models.mdnet import score_faces
+
+    crop = torch.from_numpy(result.aligned.image).permute(2, 0, 1).unsqueeze(0)
+    scored = score_faces(status.model, crop)
+    again = status.uncertainty.describe(float(scored.score[0]), float(scored.mirror_gap[0]),
+                                        scored.embedding[0].numpy())
+    assert (i.low, i.high) == pytest.approx((again.low, again.high), abs=1e-5)
+    data = json.loads(json.dumps(result.to_json()))
+    assert data["interval"]["low"] == pytest.approx(i.low, abs=1e-4) and data["interval"]["level"] == 0.9
+    assert "likely between" in result.summary()
+    assert data["unusual_photo_note"] == (service.UNUSUAL_SENTENCE if i.unusual else "")
+    report = service.explain_result(result, steps=2, status=status)
+    assert report.result.interval == i  # the analysis reports the same interval
+    assert json.loads(json.dumps(report.to_json()))["interval"]["high"] == pytest.approx(i.high, abs=1e-4)
+
+
+def test_a_checkpoint_without_calibration_scores_without_an_interval(tmp_path):
+    status = service.load_model(make_checkpoint(tmp_path / "plain", intervals=False))
+    assert status.ready and status.uncertainty is None
+    result = service.score_photo(astronaut(), status=status)
+    assert result.interval is None and result.to_json()["interval"] is None and "likely" not in result.summary()
+    (tmp_path / "plain" / "uncertainty.safetensors").write_bytes(b"not a safetensors file")
+    damaged = service.load_model(tmp_path / "plain")
+    assert damaged.ready and damaged.uncertainty is None  # the scores still work
+    assert "without intervals" in damaged.message and "mdnet calibrate" in damaged.message
 
 
 # --------------------------------------------------------------------------- analysis

@@ -36,6 +36,8 @@ class Analysis:
         attention, ig, ablation, regions: the four explanations (``ablation`` is None when the
             model has no stream references; ``ablation_note`` then says why).
         timings: seconds spent in each stage.
+        scored: the :class:`mdnet.models.mdnet.FaceScores` behind ``score`` (mirror gap and the
+            features the head read, for the score's interval).
     """
 
     face: np.ndarray
@@ -50,6 +52,7 @@ class Analysis:
     score_range: tuple[float, float]
     ablation_note: str = ""
     timings: dict[str, float] = field(default_factory=dict)
+    scored: Any = None
 
     def to_json(self, map_size: int = 16) -> dict[str, Any]:
         """A JSON-serialisable summary (numbers only, plus ``map_size``-square maps; 0 leaves them out).
@@ -125,7 +128,7 @@ def analyze(
     ``internal_batch_size`` go to :func:`integrated_gradients`; ``progress(fraction)``
     reports its progress (the slow part, about 90 % of the time).
     """
-    from mdnet.models.mdnet import score_aligned
+    from mdnet.models.mdnet import score_faces
 
     if isinstance(aligned, AlignedFace):
         face, keypoints, record = aligned.image, aligned.crop_keypoints, aligned
@@ -149,7 +152,8 @@ def analyze(
         clock = now
 
     faces = torch.from_numpy(np.ascontiguousarray(face)).permute(2, 0, 1).unsqueeze(0)
-    score = float(score_aligned(model, faces, tta=True)[0])
+    scored = score_faces(model, faces, tta=True)
+    score = float(scored.score[0])
     x = model.preprocess(faces)
     lap("score")
     attention = attention_maps(model, x)
@@ -177,4 +181,5 @@ def analyze(
         score_range=tuple(model.cfg.score_range),
         ablation_note=note,
         timings=timings,
+        scored=scored,
     )

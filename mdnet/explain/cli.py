@@ -17,7 +17,14 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> Analysis:
     from tqdm import tqdm
 
     from mdnet.faces import AlignError, align, load_rgb
-    from mdnet.models.checkpoint import DEFAULT_CHECKPOINT, CheckpointError, default_device, load_checkpoint
+    from mdnet.models.checkpoint import (
+        DEFAULT_CHECKPOINT,
+        CheckpointError,
+        default_device,
+        load_checkpoint,
+        resolve_checkpoint,
+    )
+    from mdnet.uncertainty.calibration import load_uncertainty
 
     parser = argparse.ArgumentParser(
         prog=prog,
@@ -37,7 +44,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> Analysis:
     if suffix not in ("png", "jpg", "jpeg", "pdf", "svg"):
         parser.error(f"--output must end in .png, .jpg, .pdf or .svg, not {Path(args.output).name!r}")
     try:
-        model = load_checkpoint(args.checkpoint, device=default_device())
+        folder = resolve_checkpoint(args.checkpoint)
+        model = load_checkpoint(folder, device=default_device())
+        uncertainty = load_uncertainty(folder)
     except CheckpointError as err:
         parser.exit(2, f"error: {err}\n")
     try:
@@ -54,8 +63,19 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> Analysis:
     from mdnet.explain import viz
 
     viz.save_report(analysis, args.output, photo=photo)
+    interval = None
+    if uncertainty is not None:
+        s = analysis.scored
+        interval = uncertainty.describe(analysis.score, float(s.mirror_gap[0]), s.embedding[0].numpy())
     if args.json:
-        Path(args.json).write_text(json.dumps(analysis.to_json(), indent=2) + "\n")
+        numbers = analysis.to_json()
+        numbers["interval"] = None if interval is None else interval.to_json()
+        Path(args.json).write_text(json.dumps(numbers, indent=2) + "\n")
     written = f"{args.output}" + (f" and {args.json}" if args.json else "")
-    print(f"score {analysis.score:.2f} (model {analysis.model_name}); wrote {written}")
+    said = f"score {analysis.score:.2f}" if interval is None else f"score {interval.text(analysis.score)}"
+    print(f"{said} (model {analysis.model_name}); wrote {written}")
+    if interval is not None and interval.unusual:
+        from mdnet.uncertainty.calibration import UNUSUAL_SENTENCE
+
+        print(UNUSUAL_SENTENCE)
     return analysis

@@ -125,6 +125,11 @@ def save_checkpoint(model, directory: str | Path, metadata: dict[str, Any] | Non
     return directory
 
 
+# what a checkpoint folder holds: config + weights, the model card and its figures, and the companions that
+# `mdnet score-distribution` and `mdnet calibrate` write beside them (score_distribution.json, uncertainty.safetensors)
+HUB_FILES = ["*.json", "*.safetensors", "*.md", "*.png"]
+
+
 def resolve_checkpoint(path_or_hub_id: str | Path, revision: str | None = None) -> Path:
     """A local checkpoint folder for a path (folder or one of its files) or a hub id."""
     path = Path(path_or_hub_id).expanduser()
@@ -142,7 +147,7 @@ def resolve_checkpoint(path_or_hub_id: str | Path, revision: str | None = None) 
     from huggingface_hub import snapshot_download
 
     try:
-        local = snapshot_download(text, revision=revision, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, "*.md"])
+        local = snapshot_download(text, revision=revision, allow_patterns=HUB_FILES)
     except Exception as err:
         raise CheckpointError(f"could not fetch checkpoint {text!r} from the Hugging Face hub: {err}") from err
     return resolve_checkpoint(local)

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -35,6 +36,7 @@ class MDNetOutput:
     prior_shapes: list[tuple[int, int]]       # U-Net scales (h_i, w_i), in key order
     vim_grid: tuple[int, int]                 # Vim patch grid; query i != cls_index maps onto it
     cls_index: int                            # position of the class token among the queries
+    embedding: torch.Tensor | None = None     # (b, 2 * dim): what the head reads (class token, mean patch token)
 
 
 class RegressionHead(nn.Module):
@@ -46,10 +48,15 @@ class RegressionHead(nn.Module):
             nn.LayerNorm(2 * dim), nn.Linear(2 * dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, 1)
         )
 
-    def forward(self, tokens: torch.Tensor, cls_index: int) -> torch.Tensor:
+    @staticmethod
+    def features(tokens: torch.Tensor, cls_index: int) -> torch.Tensor:
+        """Fused tokens (b, l, dim) -> (b, 2 * dim): the class token and the mean of the others."""
         cls = tokens[:, cls_index]
         rest = (tokens.sum(1) - cls) / (tokens.shape[1] - 1)
-        return self.net(torch.cat([cls, rest], dim=-1)).squeeze(-1)
+        return torch.cat([cls, rest], dim=-1)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net(features).squeeze(-1)
 
 
 class MDNet(nn.Module):
@@ -134,7 +141,8 @@ class MDNet(nn.Module):
                 reference = self.vim_reference.to(vim_tokens.dtype)
                 vim_tokens = torch.where(vim_mask.view(-1, 1, 1).to(vim_tokens.device), reference, vim_tokens)
         fused = self.fusion(vim_tokens, prior_features, return_attention=return_attention)
-        raw = self.head(fused.tokens, self.vim.cls_index)
+        embedding = self.head.features(fused.tokens, self.vim.cls_index)
+        raw = self.head(embedding)
         low, high = self.cfg.score_range
         return MDNetOutput(
             score=low + (high - low) * torch.sigmoid(raw),
@@ -142,6 +150,7 @@ class MDNet(nn.Module):
             prior_shapes=fused.prior_shapes,
             vim_grid=self.vim.grid,
             cls_index=self.vim.cls_index,
+            embedding=embedding,
         )
 
     @torch.no_grad()
@@ -189,16 +198,32 @@ class MDNet(nn.Module):
         return load_checkpoint(path_or_hub_id, device=device)
 
 
+@dataclass
+class FaceScores:
+    """What one scoring pass over aligned faces gives (:func:`score_faces`).
+
+    Attributes:
+        score: ``(n,)`` mirror-averaged scores (the face alone without ``tta``).
+        mirror_gap: ``(n,)`` ``|f(face) - f(mirror image)|`` (zeros without ``tta``): a free
+            per-face difficulty for the score's interval.
+        embedding: ``(n, 2 * dim)`` what the head read, averaged over the face and its mirror image.
+    """
+
+    score: torch.Tensor
+    mirror_gap: torch.Tensor
+    embedding: torch.Tensor
+
+
 @torch.no_grad()
-def score_aligned(
+def score_faces(
     model: MDNet,
     faces: torch.Tensor,
     tta: bool = True,
     batch_size: int = 32,
     mode: str = "full",
     prior_features: dict[bool, list[torch.Tensor]] | None = None,
-) -> torch.Tensor:
-    """Scores of aligned faces, uint8 (n, 3, s, s): the one scoring path of evaluation, the CLIs and the app.
+) -> FaceScores:
+    """Score aligned faces, uint8 (n, 3, s, s): the one scoring path of evaluation, the CLIs and the app.
 
     ``tta`` averages each face with its mirror image (as the model was trained on both).
     ``prior_features`` reuses cached prior features of these faces, ``{False: [(n, c_i, h_i, w_i)
@@ -211,11 +236,29 @@ def score_aligned(
             return None
         return [f[start : start + batch_size].float().to(model.pixel_mean.device) for f in prior_features[mirrored]]
 
-    scores = []
+    scores, gaps, embeddings = [], [], []
     for i in range(0, len(faces), batch_size):
         x = model.preprocess(faces[i : i + batch_size])
-        s = model(x, mode=mode, prior_features=cached(False, i)).score
-        if tta:
-            s = (s + model(x.flip(-1), mode=mode, prior_features=cached(True, i)).score) / 2
+        if not tta:
+            out = model(x, mode=mode, prior_features=cached(False, i))
+            s, e, gap = out.score, out.embedding, torch.zeros_like(out.score)
+        else:  # the faces and their mirror images in one forward pass (about 15 % faster on a CPU than two)
+            features = None
+            if prior_features is not None:
+                features = [torch.cat(pair) for pair in zip(cached(False, i), cached(True, i), strict=True)]
+            out = model(torch.cat([x, x.flip(-1)]), mode=mode, prior_features=features)
+            n = x.shape[0]
+            s, e = (out.score[:n] + out.score[n:]) / 2, (out.embedding[:n] + out.embedding[n:]) / 2
+            gap = (out.score[:n] - out.score[n:]).abs()
         scores.append(s.float().cpu())
-    return torch.cat(scores) if scores else torch.empty(0)
+        gaps.append(gap.float().cpu())
+        embeddings.append(e.float().cpu())
+    if not scores:
+        return FaceScores(torch.empty(0), torch.empty(0), torch.empty(0, 2 * model.cfg.fusion.dim))
+    return FaceScores(torch.cat(scores), torch.cat(gaps), torch.cat(embeddings))
+
+
+def score_aligned(model: MDNet, faces: torch.Tensor, *args: Any, **options: Any) -> torch.Tensor:
+    """The scores ``(n,)`` of :func:`score_faces` (same arguments: ``tta``, ``batch_size``, ``mode``,
+    ``prior_features``)."""
+    return score_faces(model, faces, *args, **options).score

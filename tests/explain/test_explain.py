@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import subprocess
 import sys
 
@@ -24,7 +25,8 @@ from mdnet import cli
 from mdnet import explain as E
 from mdnet.explain import viz
 from mdnet.faces import apply_transform
-from mdnet.service import DEFAULT_CHECKPOINT, score_aligned
+from mdnet.models.mdnet import score_aligned
+from mdnet.service import DEFAULT_CHECKPOINT
 
 # IG completeness at the default steps (16, Gauss-Legendre): |delta| <= REL * |f(x) - f(b)| + ABS.
 # Measured: the micro models here (smooth: patch stem) reach |delta| <= 2e-4 * |gap| (random) and
@@ -423,7 +425,24 @@ def test_cli_writes_the_figure_and_the_json(checkpoint, photo, tmp_path, capsys)
     data = json.loads(js.read_text())
     assert data["integrated_gradients"]["n_steps"] == 4
     assert set(data) >= {"score", "ablation", "regions", "attention", "integrated_gradients", "photo", "maps"}
+    assert data["interval"] is None  # this checkpoint was never calibrated
     assert "score" in capsys.readouterr().out
+
+
+def test_cli_reports_the_interval_of_a_calibrated_checkpoint(checkpoint, trained, photo, tmp_path, capsys):
+    from test_service import make_uncertainty
+
+    calibrated = tmp_path / "calibrated"
+    shutil.copytree(checkpoint, calibrated)
+    make_uncertainty(trained).save(calibrated)
+    path = tmp_path / "photo.png"
+    Image.fromarray(photo).save(path)
+    js = tmp_path / "report.json"
+    cli.run(["explain", str(path), "--output", str(tmp_path / "r.png"), "--json", str(js), "--steps", "2",
+             "--checkpoint", str(calibrated)])
+    data = json.loads(js.read_text())
+    assert 1 <= data["interval"]["low"] <= data["score"] <= data["interval"]["high"] <= 5
+    assert "likely between" in capsys.readouterr().out
 
 
 def test_cli_errors_are_one_line(checkpoint, tmp_path, capsys):

@@ -146,7 +146,14 @@ def test_hub_ids_are_downloaded_with_huggingface_hub(saved, monkeypatch):
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
     model = load_checkpoint("someone/mdnet-fbp", revision="v1")
     assert isinstance(model, MDNet)
-    assert calls == [("someone/mdnet-fbp", "v1", ("config.json", "model.safetensors", "*.md"))]
+    (repo, revision, patterns), = calls
+    assert (repo, revision) == ("someone/mdnet-fbp", "v1")
+    import fnmatch
+
+    # the weights, the config and every companion a checkpoint folder may hold come down with it
+    for name in ("config.json", "model.safetensors", "README.md", "score_distribution.json",
+                 "uncertainty.safetensors", "history.png"):
+        assert any(fnmatch.fnmatch(name, p) for p in patterns), name
 
     def offline(*args, **kwargs):
         raise OSError("no internet")

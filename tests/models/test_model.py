@@ -115,3 +115,26 @@ def test_scoring_with_cached_prior_features_matches_recomputing_them(micro):
     assert plain.shape == (5,)
     assert torch.allclose(plain, cached, atol=2e-3)          # float16 storage of the cache
     assert not torch.equal(plain, score_aligned(micro, faces_u8, tta=False))
+
+
+def test_score_faces_gives_the_mirror_average_its_gap_and_what_the_head_read(micro):
+    from mdnet.models.mdnet import score_aligned, score_faces
+
+    gen = torch.Generator().manual_seed(3)
+    size = micro.cfg.preprocess.image_size
+    crops = torch.randint(0, 256, (3, 3, size, size), dtype=torch.uint8, generator=gen)
+    out = score_faces(micro, crops, batch_size=2)
+    with torch.no_grad():
+        x = micro.preprocess(crops)
+        a, b = micro(x), micro(x.flip(-1))
+    torch.testing.assert_close(out.score, (a.score + b.score) / 2)
+    torch.testing.assert_close(out.mirror_gap, (a.score - b.score).abs())
+    torch.testing.assert_close(out.embedding, (a.embedding + b.embedding) / 2)
+    assert out.embedding.shape == (3, 2 * micro.cfg.fusion.dim)
+    torch.testing.assert_close(score_aligned(micro, crops), out.score)
+    single = score_faces(micro, crops, tta=False)
+    torch.testing.assert_close(single.score, a.score)
+    assert torch.all(single.mirror_gap == 0)
+    # what the head reads is the input of its MLP: the same score from the embedding alone
+    low, high = micro.cfg.score_range
+    torch.testing.assert_close(low + (high - low) * torch.sigmoid(micro.head(a.embedding)), a.score)

@@ -88,7 +88,7 @@ def test_predict_scores_files_and_folders_and_reports_errors(trained, tmp_path):
     # The score is the app's: aligned, mirror-averaged, through the service.
     model = load_checkpoint(work / "ckpt")
     from mdnet.faces import align
-    from mdnet.service import score_aligned
+    from mdnet.models.mdnet import score_aligned
 
     face = align(folder / "face.jpg", size=model.cfg.preprocess.image_size).image
     expected = float(score_aligned(model, torch.from_numpy(face).permute(2, 0, 1)[None])[0])

@@ -168,6 +168,14 @@ def test_samples_note_is_passed_through(tmp_path):
     assert "decoded by the TAEF2 decoder" not in text
 
 
+def test_teacher_note_says_where_the_teacher_comes_from(tmp_path):
+    runs = new_runs(tmp_path)
+    assert "# the teacher checkpoint checkpoints/default must exist first" in card(runs)
+    text = card(runs, "--teacher-note", "the previous shipped checkpoint, git worktree add ../prev abc123")
+    assert "# the teacher checkpoint checkpoints/default: the previous shipped checkpoint, git worktree add" in text
+    assert "must exist first" not in text
+
+
 def test_optional_files_are_skipped(tmp_path):
     """No baseline metrics and no figures: no baseline table, no image links, nothing copied."""
     runs = old_runs(tmp_path, figures=False, baseline=False)

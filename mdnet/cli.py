@@ -26,7 +26,7 @@ JOBS: dict[str, tuple[str, str]] = {
     "pretrain-vim": ("mdnet.training.pretrain_vim", "masked pretraining of the Vim stream on faces (no labels)"),
     "baseline": ("mdnet.training.baseline", "fine-tune the ImageNet MobileNetV2 baseline"),
     "model-card": ("mdnet.training.model_card", "write a checkpoint's model card from its training runs"),
-    "calibrate": ("mdnet.uncertainty.calibrate", "calibrate a checkpoint's 90 % intervals and unusual-photo warning"),
+    "calibrate": ("mdnet.uncertainty.calibrate", "calibrate the intervals of a checkpoint's scores and its warning"),
     "score-distribution": ("mdnet.percentiles", "store the training scores' quantiles beside a checkpoint"),
     "align-folder": ("mdnet.faces.unlabeled", "align a folder of unlabeled faces (UTKFace) into the crop cache"),
 }

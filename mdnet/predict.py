@@ -60,7 +60,7 @@ def predict(files: list[Path], model, uncertainty: Uncertainty | None = None, le
             score = float(scored.score[0])
             row.update(score=round(score, 4), faces=len(face.faces))
             if uncertainty is not None:
-                i = uncertainty.describe(score, float(scored.mirror_gap[0]), scored.embedding[0].numpy(), level)
+                i = uncertainty.describe_scores(scored, level=level)
                 row.update(low=round(i.low, 4), high=round(i.high, 4), level=i.level, unusual=int(i.unusual))
         except (AlignError, OSError) as err:
             row["error"] = str(err)

@@ -338,9 +338,7 @@ def _result(status: ModelStatus, kept: _Kept, aligned: Any, scored: FaceScores, 
     model = status.model
     ref = score_reference(status)
     score = float(scored.score[0])
-    interval = None
-    if status.uncertainty is not None:
-        interval = status.uncertainty.describe(score, float(scored.mirror_gap[0]), scored.embedding[0].numpy())
+    interval = None if status.uncertainty is None else status.uncertainty.describe_scores(scored)
     return PhotoScore(
         score=score,
         percentile=None if ref is None else ref.percentile(score),

@@ -63,10 +63,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> Analysis:
     from mdnet.explain import viz
 
     viz.save_report(analysis, args.output, photo=photo)
-    interval = None
-    if uncertainty is not None:
-        s = analysis.scored
-        interval = uncertainty.describe(analysis.score, float(s.mirror_gap[0]), s.embedding[0].numpy())
+    interval = None if uncertainty is None else uncertainty.describe_scores(analysis.scored)
     if args.json:
         numbers = analysis.to_json()
         numbers["interval"] = None if interval is None else interval.to_json()

@@ -77,12 +77,8 @@ class Uncertainty:
         scores = np.atleast_1d(np.asarray(scores, dtype=np.float64))
         gaps = np.atleast_1d(np.asarray(mirror_gaps, dtype=np.float64))
         distance = self.ood.distance(embeddings)
-        widening = np.maximum(distance / self.ood.threshold, 1.0) if np.isfinite(self.ood.threshold) else \
-            np.ones_like(distance)
-        half = self.conformal.half_width(self.difficulty(gaps), level) * widening
-        low_s, high_s = self.conformal.score_range
-        low = np.clip(scores - half, low_s, high_s)
-        high = np.clip(scores + half, low_s, high_s)
+        widening = self.ood.widening_at(distance)
+        low, high = self.conformal.interval(scores, self.difficulty(gaps), level, widening)
         return [ScoreInterval(float(lo), float(hi), level, bool(w > 1.0), float(d), self.ood.threshold, float(w))
                 for lo, hi, w, d in zip(low, high, widening, distance, strict=True)]
 
@@ -90,6 +86,11 @@ class Uncertainty:
                  level: float | None = None) -> ScoreInterval:
         """The :class:`ScoreInterval` of one face (``embedding`` ``(d,)``)."""
         return self.describe_batch(np.array([score]), np.array([mirror_gap]), np.atleast_2d(embedding), level)[0]
+
+    def describe_scores(self, scored: Any, index: int = 0, level: float | None = None) -> ScoreInterval:
+        """The :class:`ScoreInterval` of face ``index`` of a :class:`mdnet.models.mdnet.FaceScores`."""
+        return self.describe(float(scored.score[index]), float(scored.mirror_gap[index]),
+                             scored.embedding[index].numpy(), level)
 
     def difficulty(self, mirror_gaps: np.ndarray) -> np.ndarray:
         """The raw per-face difficulty the conformal scores were normalised by."""

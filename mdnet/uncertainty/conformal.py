@@ -98,10 +98,13 @@ class ConformalCalibration:
         return self.quantile(level) * (self.floor + np.asarray(difficulty, dtype=np.float64))
 
     def interval(self, predictions: np.ndarray | float, difficulty: np.ndarray | float,
-                 level: float) -> tuple[np.ndarray, np.ndarray]:
-        """``(low, high)``, each shaped like ``predictions``: clipped to the score range, ``low <= high``."""
+                 level: float, widening: np.ndarray | float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+        """``(low, high)``, each shaped like ``predictions``: clipped to the score range, ``low <= high``.
+
+        ``widening`` (>= 1) multiplies the half-width of faces the guarantee may not cover (unusual ones).
+        """
         p = np.asarray(predictions, dtype=np.float64)
-        h = self.half_width(difficulty, level)
+        h = self.half_width(difficulty, level) * np.asarray(widening, dtype=np.float64)
         lo_s, hi_s = self.score_range
         low = np.clip(p - h, lo_s, hi_s)
         high = np.clip(p + h, lo_s, hi_s)

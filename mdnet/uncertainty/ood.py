@@ -78,6 +78,9 @@ class FeatureDistance:
 
     def widening(self, features: np.ndarray) -> np.ndarray:
         """``(n,)`` factor >= 1 for the interval's width: distance / threshold beyond it, 1 within it."""
-        if not np.isfinite(self.threshold):
-            return np.ones(np.atleast_2d(features).shape[0])
-        return np.maximum(self.distance(features) / self.threshold, 1.0)
+        return self.widening_at(self.distance(features))
+
+    def widening_at(self, distance: np.ndarray) -> np.ndarray:
+        """:meth:`widening` from distances already computed (``(n,)``)."""
+        distance = np.asarray(distance, dtype=np.float64)
+        return np.maximum(distance / self.threshold, 1.0) if np.isfinite(self.threshold) else np.ones_like(distance)

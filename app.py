@@ -38,7 +38,8 @@ from mdnet import limits, service
 LOG = logging.getLogger("mdnet.app")
 ROOT = Path(__file__).resolve().parent
 EXAMPLES = sorted((ROOT / "assets" / "examples").glob("*.jpg"))
-LIVE_EVERY_S = 0.75  # webcam frames sent for scoring at most this often (a CPU keeps up)
+LIVE_EVERY_S = 0.75  # webcam frames sent for scoring at most this often (a CPU keeps up with full MD-Net)
+LIVE_EVERY_FAST_S = 0.1  # ... with the fast student (about 10 a second)
 CONCURRENCY = max(1, int(os.environ.get("MDNET_APP_CONCURRENCY", "2")))  # model calls at once, per kind
 # Webcam streams: a capacity of their own (they never hold a photo-scoring slot), released when a stream
 # sends no frame for LIVE_IDLE_S, and at the latest after LIVE_MAX_S; closing the tab releases it at once.
@@ -242,7 +243,7 @@ def score_markdown(result: service.PhotoScore) -> str:
     low, high = result.score_range
     lines = [f"## {result.score:.2f} <small>on {low:g}-{high:g}</small>"]
     if result.interval is not None:
-        lines.append(interval_text(result))
+        lines.append(interval_text(result) + "\n\n" + result.interval_figure())
     if result.unusual_note:
         lines.append(_warning(result.unusual_note))
     if result.percentile is not None:
@@ -259,6 +260,14 @@ def interval_text(result: service.PhotoScore) -> str:
 
 def percentile_text(result: service.PhotoScore) -> str:
     return f"Higher than **{result.percentile:.0f}%** of the training faces' scores"
+
+
+def live_model_text(result: service.PhotoScore, fast: bool) -> str:
+    """Which model gave the live score (the analysis of a frozen frame always comes from full MD-Net)."""
+    if fast:
+        return (f"<small>Live score from the fast student `{result.model_name}` (distilled from MD-Net, one pass); "
+                "**Analyse this frame** gives full MD-Net's score and its explanations.</small>")
+    return f"<small>Live score from MD-Net `{result.model_name}`, mirror-averaged.</small>"
 
 
 def face_label_text(result: service.PhotoScore) -> str:
@@ -290,8 +299,9 @@ def _panel(report: service.PhotoAnalysis | service.PhotoScore | None, view: str)
 class Handlers:
     """The app's event handlers over one model status (plain methods: tests call them directly)."""
 
-    def __init__(self, status: service.ModelStatus):
+    def __init__(self, status: service.ModelStatus, fast: service.ModelStatus | None = None):
         self.status = status
+        self.fast = fast if fast is not None and fast.ready else None  # the student, for live scores
         self.live_seen: dict[str, float] = {}  # session -> when its webcam stream last delivered a frame
         self.state_holder_of: Any = lambda: None  # set by build_demo: the sessions' state (to clear on close)
 
@@ -304,9 +314,14 @@ class Handlers:
     def _score_face(self, result: service.PhotoScore, face_index: int) -> service.PhotoScore:
         return service.score_face(result, face_index, status=self.status)
 
+    @property
+    def live_status(self) -> service.ModelStatus:
+        """What scores the live webcam: the fast student when there is one, else the full model."""
+        return self.fast or self.status
+
     @gpu
     def _score_frame(self, frame: Any) -> service.PhotoScore:
-        return service.score_frame(frame, status=self.status)
+        return service.score_frame(frame, status=self.live_status)
 
     @gpu
     def _explain(self, result: service.PhotoScore, steps: int, progress: Any = None) -> service.PhotoAnalysis:
@@ -398,6 +413,7 @@ class Handlers:
             text += "  \n" + _warning(result.unusual_note)
         if result.percentile is not None:
             text += "\n\n" + percentile_text(result) + "."
+        text += "\n\n" + live_model_text(result, self.fast is not None)
         return result.live_view(), text, result.photo
 
     def freeze(self, frame: Any, view: str, steps: Any, progress=gr.Progress()):  # noqa: B008
@@ -470,11 +486,13 @@ class ResultsPanel:
         return [self.score, self.face, self.attention, self.ig, self.ablation, self.regions, self.text, self.numbers]
 
 
-def build_demo(status: service.ModelStatus | None = None) -> gr.Blocks:
-    """The whole page over ``status`` (default: the shipped checkpoint, or ``$MDNET_CHECKPOINT``)."""
+def build_demo(status: service.ModelStatus | None = None, fast: service.ModelStatus | None = None) -> gr.Blocks:
+    """The whole page over ``status`` (default: the shipped checkpoint, or ``$MDNET_CHECKPOINT``) and, for
+    live webcam scores, ``fast`` (default: the shipped student, ``$MDNET_FAST_CHECKPOINT``; none: ``status``)."""
     memory_backed = _memory_cache()
     status = status or service.get_status()
-    h = Handlers(status)
+    h = Handlers(status, fast or service.get_fast_status())
+    live_every = LIVE_EVERY_FAST_S if h.fast is not None else LIVE_EVERY_S
     state_ttl = 30 * 60
     with gr.Blocks(title="MD-Net facial beauty prediction", analytics_enabled=False,
                    delete_cache=CACHE_DELETE) as demo:
@@ -508,8 +526,11 @@ def build_demo(status: service.ModelStatus | None = None) -> gr.Blocks:
                     message = gr.Markdown(elem_id="upload-message")
                     upload_panel = ResultsPanel("upload")
             with gr.Tab("Webcam", id="webcam"):
-                gr.Markdown(f"Allow the camera: a frame is scored about every {LIVE_EVERY_S:g} s (the live score "
-                            "uses the largest face). **Analyse this frame** runs the full analysis on the last frame.")
+                live_model = (f"the fast student `{h.fast.model.cfg.name}`" if h.fast is not None
+                              else "MD-Net (no fast student is installed)")
+                gr.Markdown(f"Allow the camera: a frame is scored about every {live_every:g} s by {live_model} "
+                            "(the largest face). **Analyse this frame** runs full MD-Net's score and analysis on "
+                            "the last frame.")
                 with gr.Row():
                     camera = gr.Image(sources=["webcam"], streaming=True, type="numpy", label="Camera",
                                       elem_id="camera", height=320)
@@ -541,7 +562,7 @@ def build_demo(status: service.ModelStatus | None = None) -> gr.Blocks:
         view.change(h.change_view, [webcam_state, view], webcam_panel.outputs()[1:4], api_visibility="private")
 
         # -- webcam: throttled live score, and a full analysis of a frozen frame
-        camera.stream(h.live, [camera], [live_view, live_text, last_frame], stream_every=LIVE_EVERY_S,
+        camera.stream(h.live, [camera], [live_view, live_text, last_frame], stream_every=live_every,
                       time_limit=LIVE_MAX_S, concurrency_id="live", concurrency_limit=LIVE_STREAMS,
                       api_visibility="private", show_progress="hidden", preprocess=False)
         freeze.click(h.freeze, [last_frame, view, steps], [cam_message, webcam_state, *webcam_panel.outputs()],

@@ -106,7 +106,7 @@ def measure_robustness(
                 if model.cfg.preprocess.image_size != size:
                     continue
                 with torch.inference_mode():
-                    s = score_aligned(model, batch, tta=True).tolist()
+                    s = score_aligned(model, batch).tolist()  # the model's own scoring: MD-Net mirror-averages
                 row = dict(zip(keys, s, strict=True))
                 scores[label][name] = {k: row.get(k) for k in ["original", *transforms]}
     results: dict[str, dict[str, dict]] = {}

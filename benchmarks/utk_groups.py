@@ -35,139 +35,36 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 import time
-from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mdnet.faces.scut import GROUPS, ScutFBP5500, aligned_faces, cache_folder, stratified_split  # noqa: E402
-from mdnet.faces.unlabeled import (  # noqa: E402
+from mdnet.faces.scut import GROUPS, ScutFBP5500, aligned_faces, stratified_split  # noqa: E402
+from mdnet.faces.unlabeled import (  # noqa: E402, F401 (stratified_subset, select_faces: used by the tests)
     DEFAULT_FOLDER,
     GENDERS,
     RACES,
+    UTK_GROUPS,
     UnlabeledSample,
     align_samples,
     known_rejects,
     read_folder,
+    select_faces,
+    stratified_subset,
 )
 from mdnet.models.checkpoint import WEIGHTS_NAME, file_sha256, load_checkpoint, resolve_checkpoint  # noqa: E402
-from mdnet.models.mdnet import MDNet, score_aligned  # noqa: E402
+from mdnet.training.score_store import append_scores, cached_scores, load_scores, score_cache  # noqa: E402, F401
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "scut-fbp5500"
 DEFAULT_CHECKPOINT = "checkpoints/default"
-RECIPE = "tta-v1"  # mirror-averaged full-mode scores of the app's crops; bump if the scoring changes
-CHUNK = 48  # faces aligned, scored and appended to the cache at a time (< 64: align_samples draws no bar of its own)
 QUANTILES = (0.1, 0.5, 0.9)
-UTK_GROUPS = [(r, g) for r in RACES for g in GENDERS]
-# A chunk of items -> (uint8 faces (n, 3, s, s), the names of their rows, names dropped as unusable).
-Aligner = Callable[[Sequence], tuple[torch.Tensor, list[str], list[str]]]
-
-
-# ----------------------------------------------------------------------------- faces
-def stratified_subset(
-    samples: Sequence[UnlabeledSample], per_group: int, seed: int = 0
-) -> list[UnlabeledSample]:
-    """``per_group`` samples of every race x gender (all of a smaller group), sorted by name.
-
-    Each group draws with its own seed (``seed`` and the group), so one group's subset does not
-    depend on the others. Samples without metadata are left out.
-    """
-    by_group: dict[tuple[str, str], list[UnlabeledSample]] = defaultdict(list)
-    for s in samples:
-        if s.meta is not None:
-            by_group[s.group].append(s)
-    out: list[UnlabeledSample] = []
-    for key in UTK_GROUPS:
-        pool = sorted(by_group[key], key=lambda s: s.name)
-        out += pool if len(pool) <= per_group else random.Random(f"{seed}-{key[0]}-{key[1]}").sample(pool, per_group)
-    return sorted(out, key=lambda s: s.name)
-
-
-def select_faces(
-    folder: str | Path | None,
-    per_group: int | None,
-    seed: int,
-    rejects: set[str],
-    min_age: int | None = None,
-    max_age: int | None = None,
-) -> list[UnlabeledSample]:
-    """The photos to score: known rejects and ages out of range dropped, then the stratified subset (None: all)."""
-    samples = [s for s in read_folder(folder) if s.name not in rejects]
-    if min_age is not None or max_age is not None:
-        lo, hi = min_age if min_age is not None else 0, max_age if max_age is not None else 1000
-        samples = [s for s in samples if s.meta is not None and lo <= s.meta.age <= hi]
-    return samples if per_group is None else stratified_subset(samples, per_group, seed)
-
-
-# ----------------------------------------------------------------------------- score cache
-def score_cache(cache_dir: Path, weights_sha256: str, size: int) -> Path:
-    """The folder of one checkpoint's cached scores: its weights' hash, the crop folder (size, template), the recipe."""
-    return Path(cache_dir) / f"group-scores-{weights_sha256[:16]}-{cache_folder(cache_dir, size).name}-{RECIPE}"
-
-
-def load_scores(path: Path) -> dict[str, float]:
-    """``name<TAB>score`` lines; a line an interrupted write left incomplete is ignored."""
-    out: dict[str, float] = {}
-    if not path.is_file():
-        return out
-    # The last piece is "" after a complete write, or a line cut short (e.g. "3.1" as "3."): never read.
-    for line in path.read_text(encoding="utf-8").split("\n")[:-1]:
-        name, sep, value = line.rpartition("\t")
-        try:
-            if sep:
-                out[name] = float(value)
-        except ValueError:
-            continue
-    return out
-
-
-def append_scores(path: Path, scores: dict[str, float]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
-        f.write("".join(f"{name}\t{score!r}\n" for name, score in scores.items()))
-
-
-def cached_scores(
-    model: MDNet,
-    items: Sequence,
-    align: Aligner,
-    store: Path,
-    batch: int = 32,
-    desc: str = "scoring",
-    progress: bool = True,
-) -> tuple[dict[str, float], list[str]]:
-    """Mirror-averaged scores of ``items`` (anything with ``.name``), cached in ``store``; new ones CHUNK at a time.
-
-    Returns ``({name: score}`` for the items scored now or before, ``names dropped by align)``.
-    """
-    scores = load_scores(store)
-    todo = [it for it in items if it.name not in scores]
-    dropped: list[str] = []
-    with tqdm(total=len(todo), desc=desc, unit="face", disable=not progress or not todo) as bar:
-        for start in range(0, len(todo), CHUNK):
-            part = todo[start : start + CHUNK]
-            faces, names, rejected = align(part)
-            dropped += rejected
-            new: dict[str, float] = {}
-            for i in range(0, len(names), batch):
-                with torch.inference_mode():
-                    s = score_aligned(model, faces[i : i + batch], tta=True, batch_size=batch).tolist()
-                new.update(zip(names[i : i + batch], s, strict=True))
-                bar.update(len(s))
-            bar.update(len(rejected))
-            append_scores(store, new)
-            scores.update(new)
-    wanted = {it.name for it in items}
-    return {k: v for k, v in scores.items() if k in wanted}, dropped
 
 
 # ----------------------------------------------------------------------------- statistics and tables

@@ -24,6 +24,7 @@ JOBS: dict[str, tuple[str, str]] = {
     "train": ("mdnet.training.train", "train MD-Net on SCUT-FBP5500 (Accelerate, resumable)"),
     "pretrain-prior": ("mdnet.training.pretrain_prior", "pretrain the generative prior (a latent diffusion model)"),
     "pretrain-vim": ("mdnet.training.pretrain_vim", "masked pretraining of the Vim stream on faces (no labels)"),
+    "distill": ("mdnet.training.distill", "distil a checkpoint into the fast student (live webcam, --fast)"),
     "baseline": ("mdnet.training.baseline", "fine-tune the ImageNet MobileNetV2 baseline"),
     "model-card": ("mdnet.training.model_card", "write a checkpoint's model card from its training runs"),
     "calibrate": ("mdnet.uncertainty.calibrate", "calibrate the intervals of a checkpoint's scores and its warning"),

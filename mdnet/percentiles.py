@@ -57,6 +57,12 @@ class ScoreReference:
     def to_json(self) -> dict[str, Any]:
         return {"levels": list(self.levels), "values": list(self.values), "count": self.count, "source": self.source}
 
+    def shares(self, edges: np.ndarray) -> np.ndarray:
+        """Fraction of the training faces in each bin ``[edges[i], edges[i+1])`` (``(len(edges) - 1,)``)."""
+        values, levels = np.asarray(self.values), np.asarray(self.levels)
+        below = np.interp(np.asarray(edges, dtype=np.float64), values, levels, left=0.0, right=100.0)
+        return np.diff(below) / 100.0
+
     def percentile(self, score: float) -> float:
         """Percent of the training faces whose score is below ``score`` (0-100, interpolated)."""
         values, levels = np.asarray(self.values), np.asarray(self.levels)

@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,10 +40,12 @@ from mdnet.errors import (  # re-exported: the app and API clients of the servic
     is_user_error,
 )
 from mdnet.faces.io import MAX_PIXELS
+from mdnet.interval_figure import interval_img
 from mdnet.models.checkpoint import (
     DEFAULT_CHECKPOINT,
     CheckpointError,
     default_device,
+    fast_checkpoint,
     load_checkpoint,
     resolve_checkpoint,
 )
@@ -96,6 +99,8 @@ __all__ = [
     "friendly_error",
     "get_status",
     "is_user_error",
+    "get_fast_status",
+    "load_fast_model",
     "load_model",
     "read_frame",
     "read_photo",
@@ -103,6 +108,7 @@ __all__ = [
     "score_frame",
     "score_photo",
     "score_reference",
+    "set_fast_status",
     "set_status",
     "thumbnail",
     "write_score_distribution",
@@ -155,8 +161,22 @@ def load_model(checkpoint: str | os.PathLike | None = None) -> ModelStatus:
     return ModelStatus(model, source, message, uncertainty)
 
 
+def load_fast_model(checkpoint: str | os.PathLike | None = None) -> ModelStatus:
+    """The fast student for live scores (default ``$MDNET_FAST_CHECKPOINT`` or ``checkpoints/student``).
+
+    Not ready (``model`` None, a sentence why) when there is none: the live score then comes from the
+    full model, less often.
+    """
+    source = str(checkpoint or fast_checkpoint())
+    if checkpoint is None and not Path(source).is_dir():
+        return ModelStatus(None, source, f"No fast student at {source} (`mdnet distill` makes one): "
+                                         "live scores come from the full model.")
+    return load_model(source)
+
+
 # =========================================================================== the shared model
 _STATUS: ModelStatus | None = None
+_FAST_STATUS: ModelStatus | None = None
 _STATUS_LOCK = threading.Lock()
 
 
@@ -174,6 +194,22 @@ def set_status(status: ModelStatus | None) -> None:
     global _STATUS
     with _STATUS_LOCK:
         _STATUS = status
+
+
+def get_fast_status() -> ModelStatus:
+    """The process-wide fast student (:func:`load_fast_model`), loaded on first use."""
+    global _FAST_STATUS
+    with _STATUS_LOCK:
+        if _FAST_STATUS is None:
+            _FAST_STATUS = load_fast_model()
+        return _FAST_STATUS
+
+
+def set_fast_status(status: ModelStatus | None) -> None:
+    """Make ``status`` the process-wide fast student (None: load the default again on next use)."""
+    global _FAST_STATUS
+    with _STATUS_LOCK:
+        _FAST_STATUS = status
 
 
 # =========================================================================== where a score falls
@@ -211,6 +247,7 @@ class PhotoScore:
         model_name, score_range, reference_source, seconds.
         interval: how sure the score is (:class:`mdnet.uncertainty.ScoreInterval`: a calibrated
             prediction interval and the unusual-photo flag), None for an uncalibrated checkpoint.
+        reference: the training faces' score distribution (for :meth:`interval_figure`), or None.
     """
 
     score: float
@@ -226,6 +263,16 @@ class PhotoScore:
     reference_source: str | None = None
     seconds: float = 0.0
     interval: ScoreInterval | None = None
+    reference: ScoreReference | None = field(default=None, repr=False)
+
+    def interval_figure(self) -> str:
+        """An ``<img>`` of the interval among the training faces' scores ("" without an interval)."""
+        if self.interval is None:
+            return ""
+        i = self.interval
+        alt = (f"The {i.level * 100:.0f} % range {i.low:.1f}-{i.high:.1f} (band) and the score {self.score:.1f} "
+               "(line) over the training faces' scores (grey)")
+        return interval_img(self.score, i.low, i.high, self.reference, self.score_range, alt)
 
     @property
     def faces_note(self) -> str:
@@ -353,6 +400,7 @@ def _result(status: ModelStatus, kept: _Kept, aligned: Any, scored: FaceScores, 
         reference_source=None if ref is None else ref.source,
         seconds=time.perf_counter() - start,
         interval=interval,
+        reference=ref,
     )
 
 

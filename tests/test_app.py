@@ -92,6 +92,7 @@ def test_upload_gives_a_quick_score_then_every_panel(handlers):
     i = state.interval  # the calibrated interval, in the words of the page
     assert f"Likely between **{i.low:.1f}** and **{i.high:.1f}**" in score_md and "90 % range" in score_md
     assert (service.UNUSUAL_SENTENCE in score_md) is i.unusual
+    assert 'src="data:image/svg+xml;base64,' in score_md  # the interval among the training faces' scores
     assert dropdown.visible is False  # one face: nothing to choose
     full = handlers.full(state, "crop", 4, ok, progress=lambda *a, **k: None)
     message, report, score_md, face, attention, ig, ablation, regions, text, numbers = full
@@ -188,6 +189,24 @@ def test_live_scoring_and_freezing_a_frame(handlers):
     message, report, score_md, face, attention, ig, *_ = handlers.freeze(frame, "crop", 4,
                                                                           progress=lambda *a, **k: None)
     assert isinstance(report, service.PhotoAnalysis) and ig.shape == face.shape
+
+
+def test_the_live_score_comes_from_the_student_and_the_analysis_from_md_net(status, tmp_path):
+    import torch
+
+    from mdnet.models.student import FBPStudent
+
+    torch.manual_seed(0)
+    fast = service.load_model(FBPStudent().save_pretrained(tmp_path / "student"))
+    h = app.Handlers(status, fast)
+    assert h.live_status is fast and app.Handlers(status, service.load_fast_model(tmp_path / "none")).fast is None
+    frame = astronaut()
+    _, text, _ = h.live(frame)
+    expected = service.score_frame(frame, status=fast).score
+    assert f"Live score: {expected:.2f}" in text and "fast student `student-sface`" in text
+    message, report, score_md, *_ = h.freeze(frame, "crop", 2, progress=lambda *a, **k: None)
+    assert report.result.model_name == status.model.cfg.name and f"`{status.model.cfg.name}`" in score_md
+    assert "mirror-averaged" in app.Handlers(status).live(frame)[1]  # no student: MD-Net scores live
 
 
 def test_step_counts_from_the_page_are_clamped_to_what_it_offers():

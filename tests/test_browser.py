@@ -106,7 +106,10 @@ def test_uploading_a_face_shows_the_score_and_every_panel(page):
     for panel in ("face", "attention", "ig", "ablation", "regions"):
         page.locator(f"#upload-{panel} img").first.wait_for()
     score = page.locator("#upload-score").inner_text()
-    assert "on 1-5" in score and "training faces" in score
+    assert "on 1-5" in score and "training faces" in score and "Likely between" in score
+    figure = page.locator('#upload-score img[src^="data:image/svg+xml"]')  # the interval over the training scores
+    figure.wait_for()
+    assert page.evaluate("() => document.querySelector('#upload-score img[src^=\"data:image/svg\"]').naturalWidth") > 0
     assert "Integrated Gradients" in page.locator("#upload-explanation").inner_text()
     page.get_by_text("the original photo").click()  # overlays move onto the photo
     page.wait_for_function("() => document.querySelector('#upload-ig img')?.naturalWidth === 512")

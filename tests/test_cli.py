@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from mdnet import cli, service
 from mdnet.models import DEFAULT_CHECKPOINT
@@ -90,3 +91,40 @@ def test_predict_writes_the_interval_columns_for_a_calibrated_checkpoint(tmp_pat
     with pytest.raises(SystemExit) as exit_:
         cli.run(["predict", str(ASTRONAUT), "--checkpoint", str(folder), "--level", "90"])
     assert exit_.value.code == 2
+
+
+def test_predict_fast_uses_the_student_and_says_where_to_get_one(tmp_path, monkeypatch, capsys):
+    import csv
+
+    from mdnet.models.mdnet import score_faces
+    from mdnet.models.student import FBPStudent
+
+    torch.manual_seed(0)
+    folder = FBPStudent().save_pretrained(tmp_path / "student")
+    monkeypatch.setenv("MDNET_FAST_CHECKPOINT", str(folder))
+    out = tmp_path / "fast.csv"
+    cli.run(["predict", str(ASTRONAUT), "--fast", "--output", str(out)])
+    row = next(csv.DictReader(out.open()))
+    status = service.load_model(folder)
+    crop = service.score_photo(ASTRONAUT.read_bytes(), status=status).aligned.image
+    one_pass = score_faces(status.model, torch.from_numpy(crop).permute(2, 0, 1)[None], tta=False)
+    assert float(row["score"]) == pytest.approx(float(one_pass.score[0]), abs=1e-4) and row["low"] == ""
+    monkeypatch.setenv("MDNET_FAST_CHECKPOINT", str(tmp_path / "nowhere"))
+    with pytest.raises(SystemExit) as exit_:
+        cli.run(["predict", str(ASTRONAUT), "--fast"])
+    assert exit_.value.code == 2 and "mdnet distill" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.run(["predict", str(ASTRONAUT), "--fast", "--checkpoint", str(folder)])  # one or the other
+
+
+def test_predict_scores_on_when_the_interval_file_is_damaged(tmp_path, capsys):
+    import csv
+
+    from test_service import make_checkpoint
+
+    folder = make_checkpoint(tmp_path / "micro")
+    (folder / "uncertainty.safetensors").write_bytes(b"not a safetensors file")
+    out = tmp_path / "scores.csv"
+    cli.run(["predict", str(ASTRONAUT), "--checkpoint", str(folder), "--output", str(out)])
+    row = next(csv.DictReader(out.open()))
+    assert float(row["score"]) > 0 and row["low"] == "" and "mdnet calibrate" in capsys.readouterr().err

@@ -17,6 +17,8 @@ from conftest import build_model, faces
 from fake_scut import astronaut_face, make_fake_scut
 from PIL import Image
 
+from mdnet.training import score_store
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 UTK_FACES = {  # name -> (race, gender)
     "25_0_0_20170104003740977.jpg": ("White", "male"),
@@ -82,7 +84,7 @@ def test_utk_groups_tables_and_cache(setup, capsys, monkeypatch):
     assert scut["valid_predictions"][a]["n"] == scut["valid_labels"]["n"] > 0 and scut["train_labels"]["n"] > 0
 
     # Second run: every score comes from the cache, and the blank is a known reject, left out up front.
-    monkeypatch.setattr(bench, "score_aligned", _forbid)
+    monkeypatch.setattr(score_store, "score_aligned", _forbid)
     again = bench.main(argv)
     capsys.readouterr()
     assert again["utkface"] == report["utkface"] and again["scut"] == report["scut"]
@@ -91,8 +93,8 @@ def test_utk_groups_tables_and_cache(setup, capsys, monkeypatch):
 
     # --all: the faces scored before are reused, only the new ones are scored.
     calls = []
-    score = bench.score_aligned
-    monkeypatch.setattr(bench, "score_aligned", lambda m, f, **k: calls.append(len(f)) or score(m, f, **k))
+    score = score_store.score_aligned
+    monkeypatch.setattr(score_store, "score_aligned", lambda m, f, **k: calls.append(len(f)) or score(m, f, **k))
     every = bench.main(["--checkpoint", a, "--folder", str(setup["utk"]), "--data-root", str(setup["scut"]),
                         "--cache", str(setup["cache"]), "--all", "--quiet"])
     assert sum(calls) == len(UTK_FACES) + 1 - 3

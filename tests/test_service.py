@@ -64,17 +64,19 @@ def make_uncertainty(model):
 
 
 @contextlib.contextmanager
-def serving(folder: Path) -> Iterator[tuple[str, Any]]:
+def serving(folder: Path, fast: service.ModelStatus | None = None) -> Iterator[tuple[str, Any]]:
     """``python app.py`` in this process on a free local port, over a micro checkpoint saved in ``folder``.
 
-    Yields ``(url, demo)``; the server has the app's bounds (its ``launch_kwargs``).
+    Yields ``(url, demo)``; the server has the app's bounds (its ``launch_kwargs``). The live webcam uses
+    ``fast`` (a student's status), else the micro checkpoint (not the shipped student).
     """
     import app
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    demo = app.build_demo(service.load_model(make_checkpoint(folder)))
+    no_student = service.ModelStatus(None, "none", "no student in this test")
+    demo = app.build_demo(service.load_model(make_checkpoint(folder)), fast or no_student)
     _, url, _ = demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
                             **app.launch_kwargs(demo))
     try:

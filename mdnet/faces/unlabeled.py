@@ -32,7 +32,7 @@ import random
 import re
 import sys
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -319,3 +319,42 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     if unreadable:
         print(f"{len(unreadable)} files did not decode, e.g. {unreadable[:3]}")
     return 0
+
+
+# A stratified subset by race x gender (benchmarks/utk_groups.py, mdnet distill --unlabeled-per-group).
+UTK_GROUPS = [(r, g) for r in RACES for g in GENDERS]
+
+
+def stratified_subset(
+    samples: Sequence[UnlabeledSample], per_group: int, seed: int = 0
+) -> list[UnlabeledSample]:
+    """``per_group`` samples of every race x gender (all of a smaller group), sorted by name.
+
+    Each group draws with its own seed (``seed`` and the group), so one group's subset does not
+    depend on the others. Samples without metadata are left out.
+    """
+    by_group: dict[tuple[str, str], list[UnlabeledSample]] = defaultdict(list)
+    for s in samples:
+        if s.meta is not None:
+            by_group[s.group].append(s)
+    out: list[UnlabeledSample] = []
+    for key in UTK_GROUPS:
+        pool = sorted(by_group[key], key=lambda s: s.name)
+        out += pool if len(pool) <= per_group else random.Random(f"{seed}-{key[0]}-{key[1]}").sample(pool, per_group)
+    return sorted(out, key=lambda s: s.name)
+
+
+def select_faces(
+    folder: str | Path | None,
+    per_group: int | None,
+    seed: int,
+    rejects: set[str],
+    min_age: int | None = None,
+    max_age: int | None = None,
+) -> list[UnlabeledSample]:
+    """The photos to score: known rejects and ages out of range dropped, then the stratified subset (None: all)."""
+    samples = [s for s in read_folder(folder) if s.name not in rejects]
+    if min_age is not None or max_age is not None:
+        lo, hi = min_age if min_age is not None else 0, max_age if max_age is not None else 1000
+        samples = [s for s in samples if s.meta is not None and lo <= s.meta.age <= hi]
+    return samples if per_group is None else stratified_subset(samples, per_group, seed)

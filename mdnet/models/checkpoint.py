@@ -34,6 +34,7 @@ from safetensors.torch import load_file, save_file
 
 from mdnet.models.config import ConfigError, MDNetConfig
 from mdnet.models.files import CheckpointError, file_sha256
+from mdnet.models.student import StudentConfig
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -42,6 +43,14 @@ FORMAT_VERSION = 1
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # The checkpoint this repository ships (trained by this project; see its model card).
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "default"
+# The fast student distilled from it (``mdnet distill``), for live scores and ``mdnet predict --fast``.
+STUDENT_CHECKPOINT = DEFAULT_CHECKPOINT.parent / "student"
+FAST_CHECKPOINT_ENV = "MDNET_FAST_CHECKPOINT"
+
+
+def fast_checkpoint() -> str:
+    """Where the fast student is: ``$MDNET_FAST_CHECKPOINT``, else :data:`STUDENT_CHECKPOINT`."""
+    return os.environ.get(FAST_CHECKPOINT_ENV) or str(STUDENT_CHECKPOINT)
 
 
 def default_device() -> torch.device:
@@ -53,8 +62,14 @@ def _external_prior(cfg: MDNetConfig) -> bool:
     return cfg.prior.source == "pretrained"
 
 
-def _kept(name: str, cfg: MDNetConfig) -> bool:
+def _is_student(cfg) -> bool:
+    return getattr(cfg, "kind", "mdnet") == "student"
+
+
+def _kept(name: str, cfg) -> bool:
     """Whether tensor ``name`` is stored in the checkpoint."""
+    if _is_student(cfg):
+        return True
     return not (_external_prior(cfg) and name.startswith("prior.") and name != "prior.prompt_embeds")
 
 
@@ -64,14 +79,16 @@ def _kept(name: str, cfg: MDNetConfig) -> bool:
 HALF_PRECISION = ("vim.identity.sface.",)
 
 
-def _stored(name: str, t: torch.Tensor) -> torch.Tensor:
+def _stored(name: str, t: torch.Tensor, half: bool = False) -> torch.Tensor:
     t = t.detach().cpu().contiguous()
-    return t.half() if t.is_floating_point() and name.startswith(HALF_PRECISION) else t
+    return t.half() if t.is_floating_point() and (half or name.startswith(HALF_PRECISION)) else t
 
 
 def checkpoint_state(model) -> dict[str, torch.Tensor]:
-    """The tensors a checkpoint stores, contiguous on the CPU (:data:`HALF_PRECISION` ones in float16)."""
-    return {name: _stored(name, t) for name, t in model.state_dict().items() if _kept(name, model.cfg)}
+    """The tensors a checkpoint stores, contiguous on the CPU (:data:`HALF_PRECISION` ones in float16; a
+    student's all in float16, which keeps it under 10 MB)."""
+    half = _is_student(model.cfg)
+    return {name: _stored(name, t, half) for name, t in model.state_dict().items() if _kept(name, model.cfg)}
 
 
 def _fsync(path: Path) -> None:
@@ -153,7 +170,7 @@ def resolve_checkpoint(path_or_hub_id: str | Path, revision: str | None = None) 
     return resolve_checkpoint(local)
 
 
-def read_config(directory: Path) -> tuple[MDNetConfig, dict[str, Any]]:
+def read_config(directory: Path) -> tuple[MDNetConfig | StudentConfig, dict[str, Any]]:
     """Parse and validate ``config.json``; returns the model config and the whole file."""
     path = directory / CONFIG_NAME
     try:
@@ -169,7 +186,9 @@ def read_config(directory: Path) -> tuple[MDNetConfig, dict[str, Any]]:
             f"{path} has format version {raw.get('format_version')!r}; this code reads version {FORMAT_VERSION}"
         )
     try:
-        cfg = MDNetConfig.from_dict(raw["model"])
+        model = raw["model"]
+        is_student = isinstance(model, dict) and model.get("kind") == "student"
+        cfg = StudentConfig.from_dict(model) if is_student else MDNetConfig.from_dict(model)
     except (KeyError, TypeError, ConfigError) as err:
         raise CheckpointError(f"{path} has an invalid model config: {err}") from err
     return cfg, raw
@@ -196,17 +215,22 @@ def load_checkpoint(path_or_hub_id: str | Path, device: str | torch.device = "cp
     """Rebuild the exact saved model (eval mode) from a folder or a hub id."""
     from mdnet.models.mdnet import MDNet
     from mdnet.models.prior import DiffusionPrior
+    from mdnet.models.student import FBPStudent
 
     directory = resolve_checkpoint(path_or_hub_id, revision)
     cfg, raw = read_config(directory)
     state = read_weights(directory, raw)
     weights_path = directory / raw.get("weights", {}).get("file", WEIGHTS_NAME)
     try:
-        prior = DiffusionPrior.from_config(cfg.prior, prompt_embeds=state.get("prior.prompt_embeds"))
-        model = MDNet(cfg, prior=prior)
+        if _is_student(cfg):
+            model = FBPStudent(cfg)
+        else:
+            prior = DiffusionPrior.from_config(cfg.prior, prompt_embeds=state.get("prior.prompt_embeds"))
+            model = MDNet(cfg, prior=prior)
     except Exception as err:
         raise CheckpointError(f"{directory / CONFIG_NAME} describes a model that cannot be built: {err}") from err
     expected = {name: t.shape for name, t in model.state_dict().items() if _kept(name, cfg)}
+    expected_dtype = {name: t.dtype for name, t in model.state_dict().items()}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong = sorted(n for n in set(expected) & set(state) if tuple(state[n].shape) != tuple(expected[n]))
@@ -220,5 +244,5 @@ def load_checkpoint(path_or_hub_id: str | Path, device: str | torch.device = "cp
         problems.append(f"{len(wrong)} shape mismatches (e.g. {n}: {tuple(state[n].shape)} vs {tuple(expected[n])})")
     if problems:
         raise CheckpointError(f"{weights_path} does not match its config: " + "; ".join(problems))
-    model.load_state_dict(state, strict=False)
+    model.load_state_dict({n: t.to(expected_dtype[n]) for n, t in state.items()}, strict=False)
     return model.to(device).eval()

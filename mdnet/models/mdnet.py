@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from mdnet.models.config import MDNetConfig, get_config
 from mdnet.models.fusion import CrossAttentionFusion
@@ -37,6 +38,19 @@ class MDNetOutput:
     vim_grid: tuple[int, int]                 # Vim patch grid; query i != cls_index maps onto it
     cls_index: int                            # position of the class token among the queries
     embedding: torch.Tensor | None = None     # (b, 2 * dim): what the head reads (class token, mean patch token)
+
+
+def normalise_faces(faces: torch.Tensor, size: int, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Aligned faces, uint8 (b, s, s, 3) or (b, 3, s, s), or float in [0, 1] -> ``(x - mean) / std`` on
+    ``mean``'s device: every model's input step (MD-Net's and its student's)."""
+    if faces.dim() != 4:
+        raise ValueError(f"expected a batch of faces (b, 3, s, s) or (b, s, s, 3), got {tuple(faces.shape)}")
+    if faces.shape[-1] == 3 and faces.shape[1] != 3:
+        faces = faces.permute(0, 3, 1, 2)
+    if tuple(faces.shape[-2:]) != (size, size):
+        raise ValueError(f"faces must be aligned {size}x{size} crops, got {tuple(faces.shape[-2:])}")
+    x = faces.float() / 255 if faces.dtype == torch.uint8 else faces.float()
+    return (x.to(mean.device) - mean) / std
 
 
 class RegressionHead(nn.Module):
@@ -60,6 +74,7 @@ class RegressionHead(nn.Module):
 
 
 class MDNet(nn.Module):
+    mirror_average = True  # score_faces averages each face with its mirror image by default
     def __init__(self, cfg: MDNetConfig | str = "tiny", prior: DiffusionPrior | None = None):
         super().__init__()
         self.cfg = get_config(cfg) if isinstance(cfg, str) else cfg
@@ -80,17 +95,9 @@ class MDNet(nn.Module):
     def preprocess(self, faces: torch.Tensor) -> torch.Tensor:
         """Aligned faces, uint8 (b, s, s, 3) or (b, 3, s, s), or float in [0, 1] -> model input.
 
-        The one normalisation step that training, evaluation and the app share.
+        The one normalisation step that training, evaluation and the app share (:func:`normalise_faces`).
         """
-        if faces.dim() != 4:
-            raise ValueError(f"expected a batch of faces (b, 3, s, s) or (b, s, s, 3), got {tuple(faces.shape)}")
-        if faces.shape[-1] == 3 and faces.shape[1] != 3:
-            faces = faces.permute(0, 3, 1, 2)
-        size = self.cfg.preprocess.image_size
-        if tuple(faces.shape[-2:]) != (size, size):
-            raise ValueError(f"faces must be aligned {size}x{size} crops, got {tuple(faces.shape[-2:])}")
-        x = faces.float() / 255 if faces.dtype == torch.uint8 else faces.float()
-        return (x.to(self.pixel_mean.device) - self.pixel_mean) / self.pixel_std
+        return normalise_faces(faces, self.cfg.preprocess.image_size, self.pixel_mean, self.pixel_std)
 
     # ----------------------------------------------------------------- streams
     @property
@@ -183,6 +190,11 @@ class MDNet(nn.Module):
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
+    @property
+    def embedding_dim(self) -> int:
+        """Width of :attr:`MDNetOutput.embedding` (what the head reads)."""
+        return 2 * self.cfg.fusion.dim
+
     # ------------------------------------------------------------- checkpoints
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write safetensors weights + config.json atomically (see :mod:`mdnet.models.checkpoint`)."""
@@ -218,18 +230,22 @@ class FaceScores:
 def score_faces(
     model: MDNet,
     faces: torch.Tensor,
-    tta: bool = True,
+    tta: bool | None = None,
     batch_size: int = 32,
     mode: str = "full",
     prior_features: dict[bool, list[torch.Tensor]] | None = None,
+    progress: str | None = None,
 ) -> FaceScores:
     """Score aligned faces, uint8 (n, 3, s, s): the one scoring path of evaluation, the CLIs and the app.
 
-    ``tta`` averages each face with its mirror image (as the model was trained on both).
+    ``tta`` averages each face with its mirror image (as the model was trained on both); None: the
+    model's own choice (``model.mirror_average``: MD-Net yes, the fast student no).
     ``prior_features`` reuses cached prior features of these faces, ``{False: [(n, c_i, h_i, w_i)
     per scale], True: the same for the mirror images}`` (training validates with them).
+    ``progress``: show a progress bar with this description (for long runs from the CLIs).
     """
     model.eval()
+    tta = model.mirror_average if tta is None else tta
 
     def cached(mirrored: bool, start: int) -> list[torch.Tensor] | None:
         if prior_features is None:
@@ -237,6 +253,7 @@ def score_faces(
         return [f[start : start + batch_size].float().to(model.pixel_mean.device) for f in prior_features[mirrored]]
 
     scores, gaps, embeddings = [], [], []
+    bar = tqdm(total=len(faces), desc=progress, unit="face", disable=progress is None)
     for i in range(0, len(faces), batch_size):
         x = model.preprocess(faces[i : i + batch_size])
         if not tta:
@@ -253,8 +270,10 @@ def score_faces(
         scores.append(s.float().cpu())
         gaps.append(gap.float().cpu())
         embeddings.append(e.float().cpu())
+        bar.update(len(x))
+    bar.close()
     if not scores:
-        return FaceScores(torch.empty(0), torch.empty(0), torch.empty(0, 2 * model.cfg.fusion.dim))
+        return FaceScores(torch.empty(0), torch.empty(0), torch.empty(0, model.embedding_dim))
     return FaceScores(torch.cat(scores), torch.cat(gaps), torch.cat(embeddings))
 
 

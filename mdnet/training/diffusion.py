@@ -100,7 +100,7 @@ def fit(accelerator: Accelerator, name: str, objective: nn.Module, data: dist.Dr
                     last_save = time.time()
                 if len(losses) == steps:
                     break
-        dist.debug_record(accelerator, job=f"pretrain-prior {name}", epoch=epoch + 1, samples=seen)
+        dist.debug_record(accelerator, job=name, epoch=epoch + 1, samples=seen)
         epoch += 1
     bar.close()
     save()

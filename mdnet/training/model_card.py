@@ -31,6 +31,7 @@ from mdnet.models.sface import TRUNK_UNITS as SFACE_UNITS
 from mdnet.models.taef2 import DEFAULT_TAEF2_DIR, LATENT_CHANNELS
 from mdnet.models.vim import MOBILENET_V2_STRIDE16_LAYERS as MOBILENET_LAYERS
 from mdnet.training.robustness_report import report_results, summary
+from mdnet.uncertainty.calibration import card_section_of, write_card_section
 
 GROUPS = ("AF", "AM", "CF", "CM")
 FIGURES = {"samples.png": "prior", "losses.png": "prior", "history.png": "train"}
@@ -532,8 +533,12 @@ def write_card(checkpoint: Path, prior_run: Path, train_run: Path, baseline_run:
     text = ablation.read_text() if ablation else None
     figures = copy_files(checkpoint, {"prior": prior_run, "train": train_run}, prior)
     card = render(prior, train, baseline, config, report, text, samples_note, figures, teacher_note)
-    (checkpoint / "README.md").write_text(card)
-    return checkpoint / "README.md"
+    path = checkpoint / "README.md"
+    kept = card_section_of(path.read_text()) if path.is_file() else None  # what `mdnet calibrate` wrote
+    path.write_text(card)
+    if kept:
+        write_card_section(path, kept)
+    return path
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> None:

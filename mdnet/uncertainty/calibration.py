@@ -25,6 +25,9 @@ from mdnet.uncertainty.ood import FeatureDistance
 
 UNCERTAINTY_NAME = "uncertainty.safetensors"
 DEFAULT_LEVEL = 0.9
+# What scales each face's interval (the conformal guarantee holds for every one; widths differ):
+# the Mahalanobis distance of its features to the training faces', the face-mirror score gap, nothing.
+DIFFICULTIES = ("distance", "mirror", "constant")
 UNUSUAL_SENTENCE = ("This photo is unlike the faces the model learned from, so this score is less reliable: "
                     "the range is wider, and even that is a rough guide.")
 
@@ -77,9 +80,11 @@ class Uncertainty:
         scores = np.atleast_1d(np.asarray(scores, dtype=np.float64))
         gaps = np.atleast_1d(np.asarray(mirror_gaps, dtype=np.float64))
         distance = self.ood.distance(embeddings)
-        widening = self.ood.widening_at(distance)
-        low, high = self.conformal.interval(scores, self.difficulty(gaps), level, widening)
-        return [ScoreInterval(float(lo), float(hi), level, bool(w > 1.0), float(d), self.ood.threshold, float(w))
+        # A distance-scaled width already grows with the distance; the others widen past the threshold.
+        widening = np.ones_like(distance) if self.conformal.difficulty == "distance" else self.ood.widening_at(distance)
+        low, high = self.conformal.interval(scores, self.difficulty(gaps, distance), level, widening)
+        return [ScoreInterval(float(lo), float(hi), level, bool(d > self.ood.threshold), float(d), self.ood.threshold,
+                              float(w))
                 for lo, hi, w, d in zip(low, high, widening, distance, strict=True)]
 
     def describe(self, score: float, mirror_gap: float, embedding: np.ndarray,
@@ -92,13 +97,9 @@ class Uncertainty:
         return self.describe(float(scored.score[index]), float(scored.mirror_gap[index]),
                              scored.embedding[index].numpy(), level)
 
-    def difficulty(self, mirror_gaps: np.ndarray) -> np.ndarray:
+    def difficulty(self, mirror_gaps: np.ndarray, distances: np.ndarray) -> np.ndarray:
         """The raw per-face difficulty the conformal scores were normalised by."""
-        if self.conformal.difficulty == "mirror":
-            return np.asarray(mirror_gaps, dtype=np.float64)
-        if self.conformal.difficulty == "constant":
-            return np.zeros_like(np.asarray(mirror_gaps, dtype=np.float64))
-        raise CheckpointError(f"unknown interval difficulty {self.conformal.difficulty!r} in {UNCERTAINTY_NAME}")
+        return raw_difficulty(self.conformal.difficulty, mirror_gaps, distances)
 
     # ------------------------------------------------------------------ storage
     def save(self, directory: str | Path) -> Path:
@@ -118,6 +119,42 @@ class Uncertainty:
             Path(tmp).unlink(missing_ok=True)
             raise
         return directory / UNCERTAINTY_NAME
+
+
+# The model card's section about the intervals, written by `mdnet calibrate` and kept by `mdnet model-card`.
+CARD_START, CARD_END = "<!-- mdnet calibrate -->", "<!-- /mdnet calibrate -->"
+
+
+def card_section_of(text: str) -> str | None:
+    """The calibrate section of a model card's text (markers included), or None."""
+    if CARD_START not in text or CARD_END not in text:
+        return None
+    return CARD_START + text.split(CARD_START, 1)[1].split(CARD_END, 1)[0] + CARD_END
+
+
+def write_card_section(card: Path, section: str) -> bool:
+    """Put ``section`` into the model card ``card`` (replacing an earlier one), atomically; False without a card."""
+    if not card.is_file():
+        return False
+    text = card.read_text()
+    old = card_section_of(text)
+    text = text.replace(old, section) if old else text.rstrip("\n") + "\n\n" + section + "\n"
+    tmp = card.with_name(f".{card.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(card)
+    return True
+
+
+def raw_difficulty(name: str, mirror_gaps: np.ndarray, distances: np.ndarray) -> np.ndarray:
+    """Per-face difficulty ``(n,)`` by name (:data:`DIFFICULTIES`), the one definition calibration and scoring share."""
+    gaps = np.asarray(mirror_gaps, dtype=np.float64)
+    if name == "distance":
+        return np.asarray(distances, dtype=np.float64)
+    if name == "mirror":
+        return gaps
+    if name == "constant":
+        return np.zeros_like(gaps)
+    raise ValueError(f"unknown interval difficulty {name!r}; choose one of {DIFFICULTIES}")
 
 
 def load_uncertainty(directory: str | Path) -> Uncertainty | None:
@@ -142,6 +179,9 @@ def load_uncertainty(directory: str | Path) -> Uncertainty | None:
         level = float(meta["level"])
         if not 0 < level < 1:
             raise ValueError(f"level {level} is not between 0 and 1")
-        return Uncertainty(ConformalCalibration.from_json(meta["conformal"]), ood, level, str(meta.get("source", "")))
+        conformal = ConformalCalibration.from_json(meta["conformal"])
+        if conformal.difficulty not in DIFFICULTIES:
+            raise ValueError(f"unknown interval difficulty {conformal.difficulty!r}")
+        return Uncertainty(conformal, ood, level, str(meta.get("source", "")))
     except Exception as err:  # a truncated file, a foreign one, missing fields: all mean "rebuild it"
         raise CheckpointError(f"{path} cannot be used: {err} (rerun `mdnet calibrate` to rebuild it)") from err

@@ -53,7 +53,7 @@ class ConformalCalibration:
         floor: added to every raw difficulty, ``s(x) = floor + d(x)``, so that a face whose
             difficulty happens to be 0 still gets a width (the median of ``d`` on the
             calibration faces by default; 1 when every ``d`` is 0, i.e. plain split conformal).
-        difficulty: the name of the per-face difficulty ``d`` (e.g. ``"mirror"``, ``"constant"``).
+        difficulty: the name of the per-face difficulty ``d`` (``"distance"``, ``"mirror"``, ``"constant"``).
         score_range: intervals are clipped to it.
         source: which faces calibrated it (for the model card and the JSON).
     """

@@ -168,6 +168,17 @@ def test_samples_note_is_passed_through(tmp_path):
     assert "decoded by the TAEF2 decoder" not in text
 
 
+def test_a_regenerated_card_keeps_what_mdnet_calibrate_wrote(tmp_path):
+    from mdnet.uncertainty.calibration import CARD_END, CARD_START, write_card_section
+
+    runs = new_runs(tmp_path)
+    card(runs)
+    section = f"{CARD_START}\n## How sure a score is\n\nIntervals from 330 faces.\n{CARD_END}"
+    assert write_card_section(runs["ckpt"] / "README.md", section)
+    again = card(runs)
+    assert again.count(section) == 1 and again.startswith("---")
+
+
 def test_teacher_note_says_where_the_teacher_comes_from(tmp_path):
     runs = new_runs(tmp_path)
     assert "# the teacher checkpoint checkpoints/default must exist first" in card(runs)

@@ -1,0 +1,334 @@
+"""``mdnet distill``: train the fast student (:mod:`mdnet.models.student`) on a teacher MD-Net's scores.
+
+Targets (Hinton et al. 2015's knowledge distillation, as a regression):
+
+- the unlabeled in-the-wild faces (``--unlabeled``, UTKFace by default): the teacher's
+  mirror-averaged score, the faces' only label, and where distillation earns its keep;
+- the SCUT-FBP5500 training faces (the official 60/40 training list minus the validation faces
+  that ``stratified_split(train, 0.1, seed=0)`` keeps, as ``mdnet train`` does):
+  ``--label-weight x label + (1 - --label-weight) x teacher``, drawn ``--labelled-repeat`` times
+  per epoch so that they are not drowned by the unlabeled faces.
+
+The teacher's scores are computed once and cached per face (:mod:`mdnet.training.score_store`,
+shared with ``benchmarks/utk_groups.py``; resumable), on the main process. Every draw goes through
+the teacher's training augmentations (:mod:`mdnet.training.camera`: CameraAugment with
+``--camera-p``, mirror, shift) while its target is the teacher's score of the clean crop, so the
+student also learns the teacher's robustness. ``--holdout`` unlabeled faces are never trained on:
+they measure the teacher-student agreement.
+
+The student starts from SFace's convolutions taken from the teacher's checkpoint (no other
+download). AdamW with a one-cycle schedule over ``--epochs``, through Accelerate, each process
+training on its share of every global batch; the state is saved every few minutes under
+``OUTPUT/state`` and ``--resume`` continues at the exact step. At the end the student is saved
+with :func:`~mdnet.models.checkpoint.save_checkpoint` (float16 weights), reloaded, and measured
+from the saved file: ``OUTPUT/summary.json``::
+
+    mdnet distill --data-root ../shared/data/scut-fbp5500 --teacher checkpoints/default \\
+        --output runs/student --checkpoint-out checkpoints/student
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from mdnet.faces.augment import CameraAugment
+from mdnet.faces.scut import ScutFBP5500, aligned_faces, stratified_split
+from mdnet.faces.unlabeled import align_samples, known_rejects, read_folder, resolve_folder, select_faces
+from mdnet.models.checkpoint import WEIGHTS_NAME, file_sha256, load_checkpoint, resolve_checkpoint, save_checkpoint
+from mdnet.models.mdnet import score_faces
+from mdnet.models.student import FBPStudent, StudentConfig
+from mdnet.training import distributed as dist
+from mdnet.training.camera import DrawRecipe, augment_crop, labelled_draws
+from mdnet.training.diffusion import fit
+from mdnet.training.metrics import regression_metrics
+from mdnet.training.score_store import cached_scores, score_cache
+
+SFACE_PREFIX = "vim.identity.sface."
+
+
+class DistillObjective(nn.Module):
+    """Per-face squared error between the student's score of the augmented crop and its target."""
+
+    def __init__(self, student: FBPStudent):
+        super().__init__()
+        self.student = student
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        x = (batch["image"] - self.student.pixel_mean) / self.student.pixel_std
+        return (self.student(x).score - batch["target"].float()).pow(2)
+
+
+def training_set(faces: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor, recipe: DrawRecipe,
+                 camera: CameraAugment) -> dist.DrawDataset:
+    """Draw ``i`` is face ``rows[i]`` (a face can appear several times), augmented as ``labelled_draws`` say."""
+
+    def make(d: dist.Draw) -> dict:
+        _, seed, flip, dy, dx, _ = d.aug
+        row = int(rows[d.index])
+        return {"image": augment_crop(faces[row], seed, flip, dy, dx, recipe.max_shift, camera),
+                "target": targets[row]}
+
+    return dist.DrawDataset(len(rows), make)
+
+
+def init_student(teacher_dir: Path, cfg: StudentConfig | None = None) -> FBPStudent:
+    """A student whose SFace convolutions are the teacher checkpoint's copy of SFace."""
+    from safetensors.torch import load_file
+
+    student = FBPStudent(cfg)
+    state = load_file(str(teacher_dir / WEIGHTS_NAME))
+    try:
+        student.load_sface(state, SFACE_PREFIX)
+    except KeyError as err:
+        raise ValueError(f"{teacher_dir} holds no SFace weights ({err}): the student needs a teacher with an "
+                         "SFace identity embedding (preset tiny-sface-id)") from err
+    return student
+
+
+def teacher_targets(teacher, teacher_dir: Path, items: list, align, cache: Path, name: str,
+                    progress: bool) -> dict[str, float]:
+    """The teacher's mirror-averaged score of every item that aligns, cached per face."""
+    store = score_cache(cache, file_sha256(teacher_dir / WEIGHTS_NAME), teacher.cfg.preprocess.image_size)
+    scores, _ = cached_scores(teacher, items, align, store / f"{name}.tsv", desc=f"teacher scores ({name})",
+                              progress=progress)
+    return scores
+
+
+def evaluate(model, faces: torch.Tensor, labels: np.ndarray, teacher: np.ndarray | None = None) -> dict:
+    """PC / MAE / RMSE of the (single-pass) scores against the labels, and the correlation with the teacher."""
+    pred = score_faces(model, faces, tta=False).score.numpy().astype(np.float64)
+    out = regression_metrics(pred, labels) if labels is not None else {}
+    if teacher is not None:
+        out["teacher_corr"] = float(np.corrcoef(pred, teacher)[0, 1])
+        out["teacher_mae"] = float(np.mean(np.abs(pred - teacher)))
+    return out
+
+
+def _row(name: str, m: dict) -> str:
+    return f"| {name} | {m['pc']:.4f} | {m['mae']:.4f} | {m['rmse']:.4f} |"
+
+
+def student_card(summary: dict, recipe: dict, name: str) -> str:
+    """The student's model card (README.md beside its weights), from :func:`main`'s summary."""
+    v, t, h, f = summary["validation"], summary["teacher_validation"], summary["holdout_agreement"], summary["faces"]
+    command = "mdnet distill " + " ".join(
+        f"--{k.replace('_', '-')} {val}" for k, val in recipe.items() if val not in (None, False))
+    agreement = (f"On {f['holdout']} unlabeled in-the-wild faces it never trained on, its scores correlate "
+                 f"{h['teacher_corr']:.3f} with the teacher's (mean absolute difference {h['teacher_mae']:.3f})."
+                 if h else "")
+    return f"""---
+license: other
+license_name: scut-fbp5500-non-commercial
+tags: [facial-beauty-prediction, knowledge-distillation, scut-fbp5500, utkface]
+---
+
+# `{name}`: the fast student of MD-Net
+
+A small network (`mdnet.models.student`: SFace's face-recognition convolutions on the face re-aligned
+to 112 px, pooled onto 2 x 2 cells, and an MLP; 3.75 M parameters stored in float16) distilled from the
+MD-Net checkpoint `{recipe['teacher']}` by `mdnet distill`. It scores an aligned 224 px face in one
+pass, for the live webcam score and `mdnet predict --fast`; full MD-Net gives the score people read
+with its interval and explanations. Input and output as MD-Net's (1-5, the SCUT-FBP5500 raters' mean).
+
+## Data
+
+- {f['labelled']} SCUT-FBP5500 training faces (the official 60/40 training list minus {f['validation']} validation
+  faces, `stratified_split(train, 0.1, seed=0)` as MD-Net's training), target
+  {recipe['label_weight']:g} x label + {1 - recipe['label_weight']:g} x the teacher's mirror-averaged score,
+  drawn {recipe['labelled_repeat']} times per epoch;
+- {f['unlabeled_trained']} unlabeled UTKFace faces, target the teacher's score; {f['holdout']} more kept out to
+  measure agreement ({f['unlabeled_rejected']} photos without a usable face dropped);
+- every draw through the teacher's camera augmentations (CameraAugment p={recipe['camera_p']:g}, mirror,
+  shift), the target always the teacher's score of the clean crop.
+
+## Results (the saved float16 weights)
+
+Validation faces ({f['validation']}, never trained on; the student one pass, the teacher mirror-averaged):
+
+| model | PC | MAE | RMSE |
+|---|---|---|---|
+{_row("teacher (MD-Net)", t)}
+{_row("student", v)}
+
+Student-teacher correlation on the validation faces {v['teacher_corr']:.3f}. {agreement}
+{summary['steps']} steps of {recipe['batch_size']}, final training loss {summary['final_loss']:.4f},
+{summary['train_minutes_this_run']:.0f} min on {summary['processes']} process(es) (the teacher's scores:
+{summary['teacher_minutes']:.0f} min, cached per face). Latency: `python benchmarks/bench_live.py` (README).
+
+## Reproduce
+
+```bash
+{command}
+```
+
+## Licence and limits
+
+- SCUT-FBP5500 (Liang et al., ICPR 2018) and UTKFace (Zhang, Song and Qi, CVPR 2017): non-commercial
+  research only; so is this checkpoint.
+- SFace face recognizer (Zhong et al., 2021; OpenCV Zoo, Apache-2.0): the starting weights of the
+  convolutions, taken from the teacher checkpoint's copy.
+
+It inherits the teacher's limits (the taste of SCUT-FBP5500's raters on Asian and Caucasian adults), and
+adds its own error on top of the teacher's.
+"""
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-root", required=True, help="SCUT-FBP5500 root (official layout)")
+    parser.add_argument("--teacher", default="checkpoints/default", help="the MD-Net checkpoint to distil")
+    parser.add_argument("--unlabeled", default="utkface", help="folder of unlabeled face photos ('utkface': ../shared)")
+    subset = parser.add_mutually_exclusive_group()
+    subset.add_argument("--unlabeled-limit", type=int, default=None, help="a seeded subset of that many photos")
+    subset.add_argument("--unlabeled-per-group", type=int, default=None,
+                        help="a seeded subset of that many photos per race x gender (UTKFace names; the subset "
+                             "benchmarks/utk_groups.py scores, so their teacher scores are shared)")
+    parser.add_argument("--holdout", type=int, default=500, help="unlabeled faces kept out to measure agreement")
+    parser.add_argument("--output", default="runs/student")
+    parser.add_argument("--checkpoint-out", default=None, help="also save the student here (e.g. checkpoints/student)")
+    parser.add_argument("--epochs", type=float, default=4.0)
+    parser.add_argument("--batch-size", type=int, default=64, help="global batch")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--weight-decay", type=float, default=0.05)
+    parser.add_argument("--label-weight", type=float, default=0.5, help="labelled faces: weight of the true label")
+    parser.add_argument("--labelled-repeat", type=int, default=3, help="draws of each labelled face per epoch")
+    parser.add_argument("--camera-p", type=float, default=0.8, help="probability of CameraAugment on a draw")
+    parser.add_argument("--max-shift", type=int, default=8)
+    parser.add_argument("--freeze-units", type=int, default=11,
+                        help="SFace conv units kept as initialised, from the input (11: up to 28 x 28 px, where "
+                             "most of the backward time goes on a CPU); 0 trains all 27")
+    parser.add_argument("--init", choices=("teacher", "random"), default="teacher",
+                        help="the student's SFace convolutions: the teacher checkpoint's copy, or random (tests)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cache", default="cache")
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--save-every-minutes", type=float, default=5.0)
+    args = parser.parse_args(argv)
+    if not 0 <= args.label_weight <= 1:
+        parser.error(f"--label-weight must be in [0, 1], got {args.label_weight}")
+    if args.epochs <= 0 or args.labelled_repeat < 0 or args.holdout < 0:
+        parser.error("--epochs must be positive; --labelled-repeat and --holdout non-negative")
+
+    accelerator = dist.make_accelerator()
+    if (err := dist.check_batch_size(accelerator, args.batch_size)) is not None:
+        parser.error(err)
+    quiet = not accelerator.is_local_main_process
+    out = Path(args.output)
+    teacher_dir = resolve_checkpoint(args.teacher)
+    teacher = load_checkpoint(teacher_dir)
+    size = teacher.cfg.preprocess.image_size
+    if size != StudentConfig().preprocess.image_size:
+        parser.error(f"the student scores 224 px crops; teacher {args.teacher} scores {size} px crops")
+    cache = Path(args.cache)
+
+    # labelled faces: the training part of the official training list, and the validation faces
+    train, val = stratified_split(ScutFBP5500(args.data_root).split("60-40/train"), 0.1, seed=0)
+    faces_tr, _ = aligned_faces(train, size, cache)
+    faces_va, _ = aligned_faces(val, size, cache)
+    by_name = {s.name: i for i, s in enumerate(train + val)}
+    all_faces = torch.cat([faces_tr, faces_va])
+
+    def align_scut(part):
+        rows = [by_name[s.name] for s in part]
+        return all_faces[rows], [s.name for s in part], []
+
+    # unlabeled faces: aligned through the shared cache (rejects dropped), a seeded holdout kept apart
+    if args.unlabeled_per_group:
+        samples = select_faces(resolve_folder(args.unlabeled), args.unlabeled_per_group, args.seed,
+                               set(known_rejects(cache, size)))
+    else:
+        samples = read_folder(resolve_folder(args.unlabeled), limit=args.unlabeled_limit, seed=args.seed)
+    unl = align_samples(samples, size, cache)
+    order = np.random.default_rng(args.seed).permutation(len(unl.names))
+    held = set(order[: args.holdout].tolist())
+
+    def align_unl(part):
+        rows = [unl_row[s.name] for s in part]
+        return unl.faces[rows], [s.name for s in part], []
+
+    unl_row = {n: i for i, n in enumerate(unl.names)}
+    kept = [s for s in samples if s.name in unl_row]
+    t0 = time.time()
+    if accelerator.is_main_process:
+        teacher_targets(teacher, teacher_dir, train + val, align_scut, cache, "scut-fbp5500", not quiet)
+        teacher_targets(teacher, teacher_dir, kept, align_unl, cache, "unlabeled", not quiet)
+    accelerator.wait_for_everyone()
+    scut_t = teacher_targets(teacher, teacher_dir, train + val, align_scut, cache, "scut-fbp5500", False)
+    unl_t = teacher_targets(teacher, teacher_dir, kept, align_unl, cache, "unlabeled", False)
+    teacher_minutes = (time.time() - t0) / 60
+    del teacher
+
+    y_tr = torch.tensor([s.score for s in train], dtype=torch.float32)
+    t_tr = torch.tensor([scut_t[s.name] for s in train], dtype=torch.float32)
+    t_unl = torch.tensor([unl_t[n] for n in unl.names], dtype=torch.float32)
+    faces = torch.cat([faces_tr, unl.faces])
+    targets = torch.cat([args.label_weight * y_tr + (1 - args.label_weight) * t_tr, t_unl])
+    train_unl = torch.tensor([len(train) + i for i in range(len(unl.names)) if i not in held], dtype=torch.long)
+    rows = torch.cat([torch.arange(len(train)).repeat(args.labelled_repeat), train_unl])
+
+    recipe = DrawRecipe(camera_p=args.camera_p, max_shift=args.max_shift)
+    data = training_set(faces, targets, rows, recipe, CameraAugment())
+    sampler = dist.GlobalBatches(len(rows), args.batch_size, args.seed, labelled_draws(recipe), drop_last=True,
+                                 shards=dist.shards(accelerator))
+    steps = max(1, round(args.epochs * sampler.batches_per_epoch()))
+    accelerator.print(f"distilling on {len(rows)} draws per epoch ({len(train)} labelled faces x "
+                      f"{args.labelled_repeat}, {len(train_unl)} unlabeled), {steps} steps of {args.batch_size}")
+    torch.manual_seed(args.seed)
+    try:
+        student = init_student(teacher_dir) if args.init == "teacher" else FBPStudent()
+    except ValueError as err:
+        parser.error(str(err))
+    try:
+        student.freeze_units(args.freeze_units)
+    except ValueError as err:
+        parser.error(f"--freeze-units: {err}")
+    if args.init == "random":  # BatchNorm statistics of these faces, not of an untrained network's defaults
+        first = rows[: min(256, len(rows))]
+        student.estimate_bn_statistics(student.preprocess(faces[first[i:i + 32]]) for i in range(0, len(first), 32))
+    if not args.resume and accelerator.is_main_process:
+        import shutil
+
+        shutil.rmtree(out / "state", ignore_errors=True)
+    accelerator.wait_for_everyone()
+    dist.seed_per_process(accelerator, args.seed)
+    t1 = time.time()
+    losses, objective = fit(accelerator, "student", DistillObjective(student), data, sampler, steps, args.lr,
+                            args.weight_decay, 0.1, clip=1.0, state_dir=out / "state",
+                            save_every_s=args.save_every_minutes * 60)
+    train_minutes = (time.time() - t1) / 60
+    summary: dict = {}
+    if accelerator.is_main_process:
+        student = objective.student.cpu().eval()
+        metadata = {"teacher": str(args.teacher), "teacher_weights_sha256": file_sha256(teacher_dir / WEIGHTS_NAME),
+                    "recipe": {k: v for k, v in vars(args).items() if k not in ("resume",)}}
+        saved = save_checkpoint(student, args.checkpoint_out or out / "checkpoint", metadata)
+        reloaded = load_checkpoint(saved)  # measure what was saved (float16 weights)
+        held_rows = sorted(held)
+        summary = {
+            "validation": evaluate(reloaded, faces_va, np.array([s.score for s in val]),
+                                   np.array([scut_t[s.name] for s in val])),
+            "teacher_validation": regression_metrics(np.array([scut_t[s.name] for s in val]),
+                                                     np.array([s.score for s in val])),
+            "holdout_agreement": evaluate(reloaded, unl.faces[held_rows], None,
+                                          np.array([unl_t[unl.names[i]] for i in held_rows])) if held_rows else {},
+            "faces": {"labelled": len(train), "validation": len(val), "unlabeled_trained": len(train_unl),
+                      "holdout": len(held_rows), "unlabeled_rejected": len(unl.rejected)},
+            "steps": steps, "final_loss": float(np.mean(losses[-50:])), "teacher_minutes": teacher_minutes,
+            "train_minutes_this_run": train_minutes, "processes": accelerator.num_processes,
+            "checkpoint": str(saved), "size_mb": (saved / WEIGHTS_NAME).stat().st_size / 1e6,
+        }
+        (saved / "README.md").write_text(student_card(summary, metadata["recipe"], reloaded.cfg.name))
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "losses.json").write_text(json.dumps(losses) + "\n")
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        accelerator.print(json.dumps(summary, indent=2))
+    accelerator.wait_for_everyone()
+    return summary

@@ -1,0 +1,108 @@
+"""``mdnet distill`` end to end on made-up faces: a random micro teacher at 224 px, a student from scratch."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import build_model
+from fake_scut import astronaut_face, make_fake_scut
+from PIL import Image
+
+from mdnet.models.config import PreprocessConfig
+from mdnet.models.mdnet import MDNet, score_faces
+from mdnet.models.student import FBPStudent
+from mdnet.training import distill
+from mdnet.training import distributed as dist
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("distill")
+    scut = make_fake_scut(root / "scut", per_group=6)
+    utk = root / "utk"
+    utk.mkdir()
+    face = np.asarray(astronaut_face(220), dtype=np.float32)
+    for i in range(8):
+        tone = np.array([0.75 + 0.05 * i, 0.9, 1.1 - 0.04 * i], dtype=np.float32)
+        Image.fromarray(np.clip(face * tone, 0, 255).astype(np.uint8)).save(utk / f"{20 + i}_0_0_2017010400374{i}.jpg")
+    teacher = build_model("micro", seed=3, preprocess=PreprocessConfig(image_size=224))
+    return {"scut": scut, "utk": utk, "teacher": str(teacher.save_pretrained(root / "teacher")), "root": root}
+
+
+def args(data, output: str, *extra: str) -> list[str]:
+    root = data["root"]
+    return ["--data-root", str(data["scut"]), "--teacher", data["teacher"], "--unlabeled", str(data["utk"]),
+            "--holdout", "2", "--output", str(root / output), "--cache", str(root / "cache"), "--init", "random",
+            "--batch-size", "8", "--epochs", "4", "--camera-p", "0", "--max-shift", "0", "--label-weight", "0",
+            "--lr", "1e-3", *extra]
+
+
+def samples(folder: Path, rank: int) -> dict[int, list[int]]:
+    path = folder / f"rank-{rank}.jsonl"
+    return {r["epoch"]: r["samples"] for r in map(json.loads, path.read_text().splitlines()) if "samples" in r}
+
+
+@pytest.fixture(scope="module")
+def run(data):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(dist.DEBUG_RECORD_ENV, str(data["root"] / "one-record"))
+        return distill.main(args(data, "one"))
+
+
+def test_the_student_learns_the_teachers_scores(data, run):
+    losses = json.loads((data["root"] / "one" / "losses.json").read_text())
+    assert len(losses) == run["steps"] >= 8
+    assert np.mean(losses[-3:]) < 0.3 * np.mean(losses[:3])
+    assert run["faces"]["holdout"] == 2 and run["faces"]["unlabeled_trained"] == 6
+    assert run["holdout_agreement"]["teacher_mae"] < 0.3
+    assert set(run["validation"]) >= {"pc", "mae", "rmse", "teacher_corr"}
+
+
+def test_the_saved_student_round_trips_small(data, run):
+    folder = Path(run["checkpoint"])
+    student = MDNet.from_pretrained(folder)
+    assert isinstance(student, FBPStudent) and run["size_mb"] < 10
+    card = (folder / "README.md").read_text()
+    assert "fast student of MD-Net" in card and f"--teacher {data['teacher']}" in card and "| student |" in card
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model"]["kind"] == "student" and config["metadata"]["teacher"] == data["teacher"]
+    faces = torch.randint(0, 256, (3, 3, 224, 224), dtype=torch.uint8)
+    again = MDNet.from_pretrained(folder)
+    assert torch.equal(score_faces(student, faces, tta=False).score, score_faces(again, faces, tta=False).score)
+
+
+def test_a_teacher_without_sface_cannot_seed_the_student(data, tmp_path):
+    with pytest.raises(SystemExit):
+        distill.main([*args(data, "bad"), "--init", "teacher"])
+
+
+def test_two_processes_follow_the_same_steps(data, run):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", dist.DEBUG_RECORD_ENV: str(data["root"] / "two-record"),
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+           str(port), "-m", "mdnet", "distill", *args(data, "two")]
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    # each process trained on its own half of every global batch; together, on what one process trained on
+    one, ranks = samples(data["root"] / "one-record", 0), [samples(data["root"] / "two-record", r) for r in (0, 1)]
+    assert one and set(one) == set(ranks[0]) == set(ranks[1])
+    for epoch, seen in one.items():
+        assert not set(ranks[0][epoch]) & set(ranks[1][epoch])
+        assert sorted(ranks[0][epoch] + ranks[1][epoch]) == sorted(seen)
+    summary = json.loads((data["root"] / "two" / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["steps"] == run["steps"]

@@ -119,7 +119,7 @@ def student_card(summary: dict, recipe: dict, name: str) -> str:
     """The student's model card (README.md beside its weights), from :func:`main`'s summary."""
     v, t, h, f = summary["validation"], summary["teacher_validation"], summary["holdout_agreement"], summary["faces"]
     command = "mdnet distill " + " ".join(
-        f"--{k.replace('_', '-')} {val}" for k, val in recipe.items() if val not in (None, False))
+        f"--{k.replace('_', '-')} {val}" for k, val in recipe.items() if val is not None and val is not False)
     agreement = (f"On {f['holdout']} unlabeled in-the-wild faces it never trained on, its scores correlate "
                  f"{h['teacher_corr']:.3f} with the teacher's (mean absolute difference {h['teacher_mae']:.3f})."
                  if h else "")

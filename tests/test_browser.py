@@ -45,16 +45,17 @@ def chromium_path() -> str | None:
     return None
 
 
-def write_face_video(path: Path, frames: int = 12, width: int = 640, height: int = 480) -> Path:
+def write_face_video(path: Path, frames: int = 12, width: int = 640, height: int = 480, fps: int = 5) -> Path:
     """A Y4M (YUV 4:2:0) video of the astronaut drifting sideways: what the fake camera shows."""
     import cv2
 
     face = cv2.resize(astronaut(), (height, height), interpolation=cv2.INTER_AREA)
+    step = max(1, 72 // frames)
     with open(path, "wb") as f:
-        f.write(f"YUV4MPEG2 W{width} H{height} F5:1 Ip A1:1 C420jpeg\n".encode())
+        f.write(f"YUV4MPEG2 W{width} H{height} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
         for i in range(frames):
             canvas = np.full((height, width, 3), 90, np.uint8)
-            x = 40 + 6 * i
+            x = 40 + step * i
             canvas[:, x : x + height] = face
             f.write(b"FRAME\n" + cv2.cvtColor(canvas, cv2.COLOR_RGB2YUV_I420).tobytes())
     return path
@@ -265,3 +266,62 @@ def _rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError("no VmRSS")
+
+
+# --------------------------------------------------------------------------- the fast student, live
+def test_the_live_score_comes_from_the_student_and_keeps_changing(browser, tmp_path):
+    """With a student, the live score names it and updates many times a second: counted over 10 s with a
+    25 fps fake camera: complete live texts that differ from the one before (the rate is printed and
+    written to test-artifacts/live-rate.json, not asserted beyond "live": the CI machine is shared)."""
+    import json
+    import time
+
+    import torch
+
+    from mdnet import service
+    from mdnet.models import DEFAULT_CHECKPOINT
+    from mdnet.models.student import FBPStudent
+
+    shipped = DEFAULT_CHECKPOINT.parent / "student"
+    if not shipped.is_dir():  # a random student is as fast as a trained one
+        torch.manual_seed(0)
+        shipped = FBPStudent().save_pretrained(tmp_path / "student")
+    fast = service.load_model(shipped)
+    video = write_face_video(tmp_path / "fast.y4m", frames=50, fps=25)
+    args = ["--no-sandbox", "--disable-dev-shm-usage", "--use-fake-device-for-media-stream",
+            "--use-fake-ui-for-media-stream", f"--use-file-for-fake-video-capture={video}"]
+    from test_service import serving
+
+    with serving(tmp_path / "micro", fast=fast) as (url, _):  # a browser of its own: a 25 fps fake camera
+        b = browser.browser_type.launch(executable_path=chromium_path(), args=args)
+        try:
+            page = b.new_context(viewport={"width": 1200, "height": 1400}, permissions=["camera"]).new_page()
+            page.set_default_timeout(TIMEOUT_MS)
+            page.goto(url, wait_until="load")
+            start_streaming(page)
+            assert "fast student" in page.locator("#live-score").inner_text()
+            # Each answer from the server brings a new overlay image (a new URL) and a new live text; a text
+            # identical to the one before (the same score) is not a change, so count both.
+            page.evaluate("""() => { window.liveTexts = []; window.liveImages = new Set();
+                const el = document.querySelector('#live-score'), view = document.querySelector('#live-view');
+                new MutationObserver(() => { const i = el.innerText.indexOf('Live score:');
+                const t = i < 0 ? '' : el.innerText.slice(i);  // without the progress timer Gradio shows above it
+                if (t.includes('Scored by') && t !== window.liveTexts.at(-1)) window.liveTexts.push(t); })
+                .observe(el, {subtree: true, childList: true, characterData: true});
+                new MutationObserver(() => view.querySelectorAll('img').forEach(im => window.liveImages.add(im.src)))
+                .observe(view, {subtree: true, childList: true, attributes: true}); }""")
+            start = time.perf_counter()
+            page.wait_for_timeout(10_000)
+            seconds = time.perf_counter() - start
+            changes = page.evaluate("() => window.liveTexts.length")
+            updates = page.evaluate("() => window.liveImages.size")
+        finally:
+            b.close()
+    rate = {"updates": updates / seconds, "score_changes": changes / seconds}
+    print(f"live webcam with the student over {seconds:.1f} s: {updates} updates ({rate['updates']:.1f} a second), "
+          f"{changes} changes of the score text ({rate['score_changes']:.1f} a second)")
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "live-rate.json").write_text(json.dumps({"updates": updates, "changes": changes,
+                                                         "seconds": seconds, **rate}))
+    assert updates >= 5 and changes >= 3
+

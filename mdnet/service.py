@@ -23,7 +23,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,6 +42,8 @@ from mdnet.faces.io import MAX_PIXELS
 from mdnet.interval_figure import interval_img
 from mdnet.models.checkpoint import (
     DEFAULT_CHECKPOINT,
+    FAST_CHECKPOINT_ENV,
+    STUDENT_CHECKPOINT,
     CheckpointError,
     default_device,
     fast_checkpoint,
@@ -168,48 +169,52 @@ def load_fast_model(checkpoint: str | os.PathLike | None = None) -> ModelStatus:
     full model, less often.
     """
     source = str(checkpoint or fast_checkpoint())
-    if checkpoint is None and not Path(source).is_dir():
+    if checkpoint is None and FAST_CHECKPOINT_ENV not in os.environ and not STUDENT_CHECKPOINT.is_dir():
         return ModelStatus(None, source, f"No fast student at {source} (`mdnet distill` makes one): "
                                          "live scores come from the full model.")
     return load_model(source)
 
 
-# =========================================================================== the shared model
-_STATUS: ModelStatus | None = None
-_FAST_STATUS: ModelStatus | None = None
+# =========================================================================== the shared models
+# One status per role ("full": MD-Net, "fast": the student), each loaded on first use.
+_LOADERS: dict[str, Callable[[], ModelStatus]] = {"full": lambda: load_model(), "fast": lambda: load_fast_model()}
+_SHARED: dict[str, ModelStatus] = {}
 _STATUS_LOCK = threading.Lock()
+
+
+def _shared(role: str) -> ModelStatus:
+    with _STATUS_LOCK:
+        if role not in _SHARED:
+            _SHARED[role] = _LOADERS[role]()
+        return _SHARED[role]
+
+
+def _set_shared(role: str, status: ModelStatus | None) -> None:
+    with _STATUS_LOCK:
+        if status is None:
+            _SHARED.pop(role, None)
+        else:
+            _SHARED[role] = status
 
 
 def get_status() -> ModelStatus:
     """The process-wide model status, loaded on first use (``load_model()``'s defaults)."""
-    global _STATUS
-    with _STATUS_LOCK:
-        if _STATUS is None:
-            _STATUS = load_model()
-        return _STATUS
+    return _shared("full")
 
 
 def set_status(status: ModelStatus | None) -> None:
     """Make ``status`` the process-wide model (None: load the default again on next use)."""
-    global _STATUS
-    with _STATUS_LOCK:
-        _STATUS = status
+    _set_shared("full", status)
 
 
 def get_fast_status() -> ModelStatus:
     """The process-wide fast student (:func:`load_fast_model`), loaded on first use."""
-    global _FAST_STATUS
-    with _STATUS_LOCK:
-        if _FAST_STATUS is None:
-            _FAST_STATUS = load_fast_model()
-        return _FAST_STATUS
+    return _shared("fast")
 
 
 def set_fast_status(status: ModelStatus | None) -> None:
     """Make ``status`` the process-wide fast student (None: load the default again on next use)."""
-    global _FAST_STATUS
-    with _STATUS_LOCK:
-        _FAST_STATUS = status
+    _set_shared("fast", status)
 
 
 # =========================================================================== where a score falls
@@ -244,7 +249,7 @@ class PhotoScore:
         photo_scale: ``photo`` pixels per original pixel (1.0 when the photo was small enough).
         crops: the aligned crop of each face kept (largest first, at most :data:`MAX_FACES_KEPT`; None for
             faces not cropped), so that another face can be scored without the original photo.
-        model_name, score_range, reference_source, seconds.
+        model_name, score_range, seconds.
         interval: how sure the score is (:class:`mdnet.uncertainty.ScoreInterval`: a calibrated
             prediction interval and the unusual-photo flag), None for an uncalibrated checkpoint.
         reference: the training faces' score distribution (for :meth:`interval_figure`), or None.
@@ -260,10 +265,14 @@ class PhotoScore:
     crops: tuple[np.ndarray | None, ...] = field(default=(), repr=False)
     model_name: str = ""
     score_range: tuple[float, float] = (1.0, 5.0)
-    reference_source: str | None = None
     seconds: float = 0.0
     interval: ScoreInterval | None = None
     reference: ScoreReference | None = field(default=None, repr=False)
+
+    @property
+    def reference_source(self) -> str | None:
+        """Where the training faces' score distribution came from (None without one)."""
+        return None if self.reference is None else self.reference.source
 
     def interval_figure(self) -> str:
         """An ``<img>`` of the interval among the training faces' scores ("" without an interval)."""
@@ -397,7 +406,6 @@ def _result(status: ModelStatus, kept: _Kept, aligned: Any, scored: FaceScores, 
         crops=kept.crops,
         model_name=model.cfg.name,
         score_range=tuple(model.cfg.score_range),
-        reference_source=None if ref is None else ref.source,
         seconds=time.perf_counter() - start,
         interval=interval,
         reference=ref,

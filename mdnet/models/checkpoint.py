@@ -230,7 +230,6 @@ def load_checkpoint(path_or_hub_id: str | Path, device: str | torch.device = "cp
     except Exception as err:
         raise CheckpointError(f"{directory / CONFIG_NAME} describes a model that cannot be built: {err}") from err
     expected = {name: t.shape for name, t in model.state_dict().items() if _kept(name, cfg)}
-    expected_dtype = {name: t.dtype for name, t in model.state_dict().items()}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong = sorted(n for n in set(expected) & set(state) if tuple(state[n].shape) != tuple(expected[n]))
@@ -244,5 +243,5 @@ def load_checkpoint(path_or_hub_id: str | Path, device: str | torch.device = "cp
         problems.append(f"{len(wrong)} shape mismatches (e.g. {n}: {tuple(state[n].shape)} vs {tuple(expected[n])})")
     if problems:
         raise CheckpointError(f"{weights_path} does not match its config: " + "; ".join(problems))
-    model.load_state_dict({n: t.to(expected_dtype[n]) for n, t in state.items()}, strict=False)
+    model.load_state_dict(state, strict=False)  # copies cast float16 tensors to the model's float32
     return model.to(device).eval()

@@ -129,19 +129,21 @@ def augment_crop(crop: torch.Tensor, camera_seed: int, flip: int, dy: int, dx: i
 
 
 def labelled_faces(faces: torch.Tensor, variants: torch.Tensor | None, targets: torch.Tensor, recipe: DrawRecipe,
-                   camera: CameraAugment) -> dist.DrawDataset:
+                   camera: CameraAugment, rows: torch.Tensor | None = None) -> dist.DrawDataset:
     """Training faces as :func:`labelled_draws` say: ``{"image", "target", "stream"}`` per draw.
 
     ``faces``: (n, 3, s, s) uint8; ``variants``: (n, V, 3, s, s) uint8 or None (V = ``recipe.variants``).
+    ``rows``: draw ``i`` is face ``rows[i]`` (a face may be drawn several times an epoch); None: every face once.
     """
 
     def make(d: dist.Draw) -> dict:
         k, seed, flip, dy, dx, code = d.aug
-        crop = faces[d.index] if k == 0 else variants[d.index, k - 1]
+        row = d.index if rows is None else int(rows[d.index])
+        crop = faces[row] if k == 0 else variants[row, k - 1]
         return {"image": augment_crop(crop, seed, flip, dy, dx, recipe.max_shift, camera),
-                "target": targets[d.index], "stream": code}
+                "target": targets[row], "stream": code}
 
-    return dist.DrawDataset(len(faces), make)
+    return dist.DrawDataset(len(faces) if rows is None else len(rows), make)
 
 
 def unlabeled_views(faces: torch.Tensor, teacher: torch.Tensor | None, recipe: DrawRecipe,

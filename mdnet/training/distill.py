@@ -45,7 +45,7 @@ from mdnet.models.checkpoint import WEIGHTS_NAME, file_sha256, load_checkpoint, 
 from mdnet.models.mdnet import score_faces
 from mdnet.models.student import FBPStudent, StudentConfig
 from mdnet.training import distributed as dist
-from mdnet.training.camera import DrawRecipe, augment_crop, labelled_draws
+from mdnet.training.camera import DrawRecipe, labelled_draws, labelled_faces
 from mdnet.training.diffusion import fit
 from mdnet.training.metrics import regression_metrics
 from mdnet.training.score_store import cached_scores, score_cache
@@ -65,19 +65,6 @@ class DistillObjective(nn.Module):
         return (self.student(x).score - batch["target"].float()).pow(2)
 
 
-def training_set(faces: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor, recipe: DrawRecipe,
-                 camera: CameraAugment) -> dist.DrawDataset:
-    """Draw ``i`` is face ``rows[i]`` (a face can appear several times), augmented as ``labelled_draws`` say."""
-
-    def make(d: dist.Draw) -> dict:
-        _, seed, flip, dy, dx, _ = d.aug
-        row = int(rows[d.index])
-        return {"image": augment_crop(faces[row], seed, flip, dy, dx, recipe.max_shift, camera),
-                "target": targets[row]}
-
-    return dist.DrawDataset(len(rows), make)
-
-
 def init_student(teacher_dir: Path, cfg: StudentConfig | None = None) -> FBPStudent:
     """A student whose SFace convolutions are the teacher checkpoint's copy of SFace."""
     from safetensors.torch import load_file
@@ -92,10 +79,9 @@ def init_student(teacher_dir: Path, cfg: StudentConfig | None = None) -> FBPStud
     return student
 
 
-def teacher_targets(teacher, teacher_dir: Path, items: list, align, cache: Path, name: str,
-                    progress: bool) -> dict[str, float]:
-    """The teacher's mirror-averaged score of every item that aligns, cached per face."""
-    store = score_cache(cache, file_sha256(teacher_dir / WEIGHTS_NAME), teacher.cfg.preprocess.image_size)
+def teacher_targets(teacher, store: Path, items: list, align, name: str, progress: bool) -> dict[str, float]:
+    """The teacher's mirror-averaged score of every item that aligns, cached per face in ``store``
+    (:func:`~mdnet.training.score_store.score_cache`)."""
     scores, _ = cached_scores(teacher, items, align, store / f"{name}.tsv", desc=f"teacher scores ({name})",
                               progress=progress)
     return scores
@@ -257,12 +243,14 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     unl_row = {n: i for i, n in enumerate(unl.names)}
     kept = [s for s in samples if s.name in unl_row]
     t0 = time.time()
-    if accelerator.is_main_process:
-        teacher_targets(teacher, teacher_dir, train + val, align_scut, cache, "scut-fbp5500", not quiet)
-        teacher_targets(teacher, teacher_dir, kept, align_unl, cache, "unlabeled", not quiet)
+    teacher_sha = file_sha256(teacher_dir / WEIGHTS_NAME)
+    store = score_cache(cache, teacher_sha, size)
+    if accelerator.is_main_process:  # scores what the store lacks; the others then read it
+        teacher_targets(teacher, store, train + val, align_scut, "scut-fbp5500", not quiet)
+        teacher_targets(teacher, store, kept, align_unl, "unlabeled", not quiet)
     accelerator.wait_for_everyone()
-    scut_t = teacher_targets(teacher, teacher_dir, train + val, align_scut, cache, "scut-fbp5500", False)
-    unl_t = teacher_targets(teacher, teacher_dir, kept, align_unl, cache, "unlabeled", False)
+    scut_t = teacher_targets(teacher, store, train + val, align_scut, "scut-fbp5500", False)
+    unl_t = teacher_targets(teacher, store, kept, align_unl, "unlabeled", False)
     teacher_minutes = (time.time() - t0) / 60
     del teacher
 
@@ -275,7 +263,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     rows = torch.cat([torch.arange(len(train)).repeat(args.labelled_repeat), train_unl])
 
     recipe = DrawRecipe(camera_p=args.camera_p, max_shift=args.max_shift)
-    data = training_set(faces, targets, rows, recipe, CameraAugment())
+    data = labelled_faces(faces, None, targets, recipe, CameraAugment(), rows)
     sampler = dist.GlobalBatches(len(rows), args.batch_size, args.seed, labelled_draws(recipe), drop_last=True,
                                  shards=dist.shards(accelerator))
     steps = max(1, round(args.epochs * sampler.batches_per_epoch()))
@@ -307,7 +295,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     summary: dict = {}
     if accelerator.is_main_process:
         student = objective.student.cpu().eval()
-        metadata = {"teacher": str(args.teacher), "teacher_weights_sha256": file_sha256(teacher_dir / WEIGHTS_NAME),
+        metadata = {"teacher": str(args.teacher), "teacher_weights_sha256": teacher_sha,
                     "recipe": {k: v for k, v in vars(args).items() if k not in ("resume",)}}
         saved = save_checkpoint(student, args.checkpoint_out or out / "checkpoint", metadata)
         reloaded = load_checkpoint(saved)  # measure what was saved (float16 weights)

@@ -2,7 +2,10 @@
 
 Times :func:`mdnet.service.score_frame`, the webcam's own path (the frame decoded within camera
 limits, the fast face search, the crop, the model's own scoring: MD-Net mirror-averaged, the
-student one pass), and, separately, the alignment alone and each model's score of an aligned crop.
+student one pass), and, separately, the alignment alone and each model's score of an aligned crop. The
+live webcam's fast paths are timed beside their references: the face followed from the previous frame
+(:func:`mdnet.faces.track_face`) beside the face search, and the service's student (BatchNorm folded
+into its convolutions, :meth:`~mdnet.models.student.FBPStudent.for_inference`) beside the saved one.
 The checkpoints alternate (A B A B ...) so that a busy machine slows both alike: read the ratio.
 
 Usage::
@@ -26,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from mdnet import service  # noqa: E402
 from mdnet.faces import align, load_rgb  # noqa: E402
+from mdnet.models.checkpoint import load_checkpoint  # noqa: E402
 from mdnet.models.mdnet import score_faces  # noqa: E402
 
 
@@ -55,11 +59,17 @@ def main(argv: list[str] | None = None) -> dict:
         if not status.ready:
             ap.error(f"{name}: {status.message}")
     rgb = frame()
-    crop = torch.from_numpy(align(rgb, size=224).image).permute(2, 0, 1)[None].contiguous()
-    fns = {"align": lambda: align(rgb, size=224)}
+    first = align(rgb, size=224)
+    crop = torch.from_numpy(first.image).permute(2, 0, 1)[None].contiguous()
+    fns = {"align (face search)": lambda: align(rgb, size=224),
+           "align (face followed)": lambda: align(rgb, size=224, track=first.face)}
     for name, status in models.items():
         fns[f"{name} score"] = lambda m=status.model: score_faces(m, crop)
         fns[f"{name} frame"] = lambda s=status: service.score_frame(rgb, status=s)
+    reference = load_checkpoint(args.student)  # what the service's copy is folded from
+    fns["student score (BatchNorm not folded)"] = lambda: score_faces(reference, crop)
+    fns["student frame (face followed)"] = lambda: service.score_frame(rgb, status=models["student"],
+                                                                       track=first.face)
     with torch.inference_mode():
         r = measure(fns, repeats=args.repeats, warmup=2)
     print(header("Live webcam latency (one 640 x 480 frame)"))
@@ -67,8 +77,10 @@ def main(argv: list[str] | None = None) -> dict:
     for name, t in r.items():
         print(f"| {name} | {ms(t['median'])} | {ms(t['min'])}-{ms(t['max'])} |")
     ratio = r["MD-Net frame"]["median"] / r["student frame"]["median"]
+    live = r["student frame (face followed)"]["median"]
     print(f"\nframe to score: the student is {ratio:.1f}x faster than MD-Net (medians); "
-          f"at most {1 / r['student frame']['median']:.1f} student scores a second on this machine")
+          f"{ratio * r['student frame']['median'] / live:.1f}x with the face followed from the previous frame "
+          f"(the live webcam), at most {1 / live:.1f} student scores a second on this machine")
     return {name: t["median"] for name, t in r.items()} | {"ratio": ratio}
 
 

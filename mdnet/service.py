@@ -153,6 +153,8 @@ def load_model(checkpoint: str | os.PathLike | None = None) -> ModelStatus:
         model = load_checkpoint(folder, device=default_device())
     except CheckpointError as err:
         return ModelStatus(None, source, f"The model could not be loaded: {err}")
+    if hasattr(model, "for_inference"):  # the student: BatchNorm folded into its convolutions (faster, same scores)
+        model = model.for_inference()
     message = f"Model '{model.cfg.name}' loaded from {source} on {default_device()}."
     try:
         uncertainty = load_uncertainty(folder)
@@ -370,7 +372,7 @@ class _Kept:
 
 
 def _align_photo(image: Any, face_index: int, model: MDNet, search: str = "auto",
-                 keep_faces: bool = True, frame: bool = False) -> tuple[_Kept, Any]:
+                 keep_faces: bool = True, frame: bool = False, track: Any = None) -> tuple[_Kept, Any]:
     """Decode, find the faces, crop the chosen one (and, with ``keep_faces``, the others); keep a display copy.
 
     The full-resolution decode lives only inside this call.
@@ -379,7 +381,7 @@ def _align_photo(image: Any, face_index: int, model: MDNet, search: str = "auto"
 
     photo = read_frame(image) if frame else read_photo(image)
     size = model.cfg.preprocess.image_size
-    aligned = align(photo, size=size, face_index=int(face_index), search=search)
+    aligned = align(photo, size=size, face_index=int(face_index), search=search, track=track)
     n = min(len(aligned.faces), MAX_FACES_KEPT) if keep_faces else 0
     crops: list[np.ndarray | None] = [None] * max(n, aligned.face_index + 1)
     for i in range(n):
@@ -437,12 +439,17 @@ def score_photo(
     return _result(status, kept, aligned, _score_crop(model, aligned.image), start)
 
 
-def score_frame(frame: Any, *, status: ModelStatus | None = None) -> PhotoScore:
-    """The webcam's fast path: a frame within camera limits (:func:`read_frame`), the largest face, scored."""
+def score_frame(frame: Any, *, status: ModelStatus | None = None, track: Any = None) -> PhotoScore:
+    """The webcam's fast path: a frame within camera limits (:func:`read_frame`), the largest face, scored.
+
+    ``track``: the face scored in the previous frame (``result.aligned.face``, a
+    :class:`mdnet.faces.Face`), followed into this one (:func:`mdnet.faces.track_face`: two detector
+    runs instead of five) instead of searching the frame; where it is lost, the frame is searched.
+    """
     status = status or get_status()
     model = _require_model(status)
     start = time.perf_counter()
-    kept, aligned = _align_photo(frame, 0, model, "auto", keep_faces=False, frame=True)
+    kept, aligned = _align_photo(frame, 0, model, "auto", keep_faces=False, frame=True, track=track)
     return _result(status, kept, aligned, _score_crop(model, aligned.image), start)
 
 

@@ -209,6 +209,34 @@ def test_the_live_score_comes_from_the_student_and_the_analysis_from_md_net(stat
     assert "mirror-averaged" in app.Handlers(status).live(frame)[1]  # no student: MD-Net scores live
 
 
+def test_a_live_face_is_followed_from_frame_to_frame_and_searched_for_again(status, monkeypatch):
+    from types import SimpleNamespace
+
+    h = app.Handlers(status)
+    calls = []
+    real = service.score_frame
+
+    def spy(frame, *, status=None, track=None):
+        calls.append(track)
+        return real(frame, status=status, track=track)
+
+    monkeypatch.setattr(service, "score_frame", spy)
+    me, other = SimpleNamespace(session_hash="me"), SimpleNamespace(session_hash="other")
+    frame = astronaut()
+    for _ in range(app.LIVE_SEARCH_EVERY + 2):
+        h.live(frame, me)
+    h.live(frame, other)
+    assert calls[0] is None and all(c is not None for c in calls[1 : app.LIVE_SEARCH_EVERY + 1])
+    assert calls[app.LIVE_SEARCH_EVERY + 1] is None  # the whole frame, once in a while (a larger face came in?)
+    assert calls[-1] is None  # another page: its own first frame
+    assert np.allclose(calls[1].keypoints, real(frame, status=status).aligned.keypoints)
+    h.live(np.full((240, 320, 3), 90, np.uint8), me)  # the face left: searched for again next time
+    h.live(frame, me)
+    assert calls[-1] is None
+    h.forget(me)
+    assert "me" not in h.live_tracks and "other" in h.live_tracks
+
+
 def test_step_counts_from_the_page_are_clamped_to_what_it_offers():
     assert (app._steps(0), app._steps(1000), app._steps("x"), app._steps(None), app._steps(8.0)) == (1, 64, 16, 16, 8)
     assert max(app.STEPS_CHOICES) == service.MAX_STEPS

@@ -300,21 +300,24 @@ def test_the_live_score_comes_from_the_student_and_keeps_changing(browser, tmp_p
             page.goto(url, wait_until="load")
             start_streaming(page)
             assert "fast student" in page.locator("#live-score").inner_text()
-            # Each answer from the server brings a new overlay image (a new URL) and a new live text; a text
-            # identical to the one before (the same score) is not a change, so count both.
-            page.evaluate("""() => { window.liveTexts = []; window.liveImages = new Set();
+            # Each answer from the server brings a new overlay image (a new URL: the frames differ from one
+            # capture to the next) and a new live text; a text identical to the one before (the same score) is
+            # not a change, so count both. The video loops every 2 s, so the same URL comes back later: count
+            # changes, not distinct URLs.
+            page.evaluate("""() => { window.liveTexts = []; window.liveImages = [];
                 const el = document.querySelector('#live-score'), view = document.querySelector('#live-view');
                 new MutationObserver(() => { const i = el.innerText.indexOf('Live score:');
                 const t = i < 0 ? '' : el.innerText.slice(i);  // without the progress timer Gradio shows above it
                 if (t.includes('Scored by') && t !== window.liveTexts.at(-1)) window.liveTexts.push(t); })
                 .observe(el, {subtree: true, childList: true, characterData: true});
-                new MutationObserver(() => view.querySelectorAll('img').forEach(im => window.liveImages.add(im.src)))
+                new MutationObserver(() => view.querySelectorAll('img').forEach(im => {
+                    if (im.src !== window.liveImages.at(-1)) window.liveImages.push(im.src); }))
                 .observe(view, {subtree: true, childList: true, attributes: true}); }""")
             start = time.perf_counter()
             page.wait_for_timeout(10_000)
             seconds = time.perf_counter() - start
             changes = page.evaluate("() => window.liveTexts.length")
-            updates = page.evaluate("() => window.liveImages.size")
+            updates = page.evaluate("() => window.liveImages.length")
         finally:
             b.close()
     rate = {"updates": updates / seconds, "score_changes": changes / seconds}

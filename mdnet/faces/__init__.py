@@ -20,6 +20,7 @@ from mdnet.faces.detect import (
     close_detector,
     detect_faces,
     get_detector,
+    track_face,
 )
 from mdnet.faces.errors import (
     AlignError,
@@ -77,5 +78,6 @@ __all__ = [
     "invert_transform",
     "load_rgb",
     "perturb_photo",
+    "track_face",
     "warp",
 ]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mdnet.faces.detect import Face, FaceDetector, SearchMode, detect_faces
+from mdnet.faces.detect import Face, FaceDetector, SearchMode, detect_faces, track_face
 from mdnet.faces.errors import FaceIndexError, FaceTooSmallError, NoFaceError
 from mdnet.faces.io import ImageInput, load_rgb
 from mdnet.faces.transform import DEFAULT_SIZE, BorderMode, apply_transform, warp
@@ -110,6 +110,7 @@ def align(
     search: SearchMode = "auto",
     border: BorderMode = "replicate",
     detector: FaceDetector | None = None,
+    track: Face | None = None,
 ) -> AlignedFace:
     """Detect the faces in ``image`` and return the aligned crop of one of them.
 
@@ -124,6 +125,9 @@ def align(
         search: see :func:`detect_faces`.
         border: fill for crop pixels outside the photo (``"replicate"`` / ``"constant"``).
         detector: a :class:`FaceDetector`; default the shared one.
+        track: the face found in the previous frame of a video (:func:`track_face`): where it is found
+            again, it is the only face returned (``face_index`` must be 0); where not, the frame is
+            searched as usual.
 
     Returns:
         :class:`AlignedFace`: ``image`` is ``(size, size, 3)`` uint8 RGB.
@@ -139,7 +143,11 @@ def align(
             f"This image is only {w}x{h} pixels, too small to hold a usable face. The face must be at least "
             f"{min_face_size} pixels wide; please use a larger photo."
         )
-    all_faces = detect_faces(rgb, size=size, search=search, min_confidence=min_confidence, detector=detector)
+    tracked = None
+    if track is not None and face_index == 0:
+        tracked = track_face(rgb, track, size=size, min_confidence=min_confidence, detector=detector)
+    all_faces = [tracked] if tracked is not None else detect_faces(
+        rgb, size=size, search=search, min_confidence=min_confidence, detector=detector)
     if not all_faces:
         raise NoFaceError(
             "No face was found in this image. Please use a clear, well-lit photo of a face looking towards the camera."

@@ -457,5 +457,31 @@ def detect_faces(
     return [_make_face(f.box, f.keypoints, f.score, size) for f in faces]
 
 
+def track_face(
+    image: ImageInput,
+    previous: Face,
+    *,
+    size: int | None = None,
+    min_confidence: float = 0.5,
+    detector: FaceDetector | None = None,
+) -> Face | None:
+    """Find ``previous`` again in the next video frame ``image``: one refinement from where it was.
+
+    :func:`detect_faces` refines a first guess from the detector twice (the second step starts from
+    an almost canonical window); a face found in the previous frame is already such a guess, so one
+    refinement step (the upright window and its mirror: two detector runs instead of five) gives the
+    same keypoints while the face moves little between frames, and it is verified like any refined
+    face. Returns None when the face is not found there any more (it moved far, turned away or
+    left): search the whole frame then. ``size``: crop side of the returned transforms (default
+    ``previous.size``).
+    """
+    rgb = image if _is_rgb_array(image) else load_rgb(image)
+    det = detector or get_detector()
+    found = _refine(det, rgb, _Detection(previous.box, previous.keypoints, previous.score))
+    if found is None or not _verified(found, min_confidence, many_windows=False):
+        return None
+    return _make_face(found.box, found.keypoints, found.score, int(size or previous.size))
+
+
 def _is_rgb_array(x: object) -> bool:
     return isinstance(x, np.ndarray) and x.dtype == np.uint8 and x.ndim == 3 and x.shape[2] == 3 and x.size > 0

@@ -102,6 +102,8 @@ def _fsync(path: Path) -> None:
 def save_checkpoint(model, directory: str | Path, metadata: dict[str, Any] | None = None) -> Path:
     """Save ``model`` to ``directory`` atomically; other files already there (a model card) are kept."""
     directory = Path(directory)
+    if getattr(model, "inference_only", False):
+        raise CheckpointError("this model is a copy for inference (BatchNorm folded): save the model it came from")
     if directory.exists() and not directory.is_dir():
         raise CheckpointError(f"cannot save a checkpoint to {directory}: it is a file")
     if directory.is_dir() and any(directory.iterdir()) and not (directory / CONFIG_NAME).exists():

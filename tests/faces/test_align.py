@@ -534,3 +534,39 @@ def test_clean_interpreter_exit():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert res.returncode == 0 and "ok" in res.stdout
     assert "Traceback" not in res.stderr and "TypeError" not in res.stderr
+
+
+# ----------------------------------------------------------------------------- following a face in video
+def _shift(rgb: np.ndarray, dx: int, dy: int) -> np.ndarray:
+    """The photo moved by (dx, dy) pixels on a grey canvas of the same size: the next frame of a video."""
+    return cv2.warpAffine(rgb, np.float32([[1, 0, dx], [0, 1, dy]]), (rgb.shape[1], rgb.shape[0]),
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=(127, 127, 127))
+
+
+def test_a_face_is_followed_into_the_next_frame_as_a_full_search_finds_it(face_rgb, base):
+    moved = _shift(face_rgb, 9, -6)
+    full = A.align(moved)
+    followed = A.track_face(moved, base.face)
+    assert followed is not None and followed.size == base.face.size
+    assert np.abs(followed.keypoints - full.keypoints).max() < 0.02 * base.face.width  # the same alignment
+    assert np.allclose(followed.keypoints[:2].mean(0), base.keypoints[:2].mean(0) + [9, -6], atol=1.5)
+    tracked = A.align(moved, track=base.face)
+    assert len(tracked.faces) == 1  # the followed face only
+    eyes = np.linalg.norm(tracked.crop_keypoints[:2] - full.crop_keypoints[:2], axis=1)
+    assert eyes.max() < MAX_EYE_SHIFT_PX  # where the eyes land in the crop
+
+
+def test_a_face_that_left_the_frame_is_lost_and_align_searches_again(face_rgb, base):
+    empty = np.full_like(face_rgb, 127)
+    assert A.track_face(empty, base.face) is None
+    with pytest.raises(A.NoFaceError):
+        A.align(empty, track=base.face)
+    h, w = face_rgb.shape[:2]  # a wide frame: the face at its left, then two face-widths to the right
+    wide = np.full((h, 4 * w, 3), 127, np.uint8)
+    wide[:, :w] = face_rgb
+    before = A.align(wide)
+    wide[:] = 127
+    wide[:, 2 * w : 3 * w] = face_rgb
+    assert A.track_face(wide, before.face) is None
+    again, full = A.align(wide, track=before.face), A.align(wide)
+    assert np.allclose(again.keypoints, full.keypoints) and again.keypoints[0, 0] > 2 * w

@@ -84,3 +84,25 @@ def test_config_validation():
         StudentConfig.from_dict({**StudentConfig().to_dict(), "kind": "mdnet"})
     with pytest.raises(ConfigError):
         StudentConfig.from_dict({**StudentConfig().to_dict(), "preprocess": {"image_size": 64}})
+
+
+def test_the_copy_for_inference_scores_the_same_and_cannot_be_trained_or_saved(tmp_path):
+    torch.manual_seed(1)
+    student = FBPStudent()
+    with torch.no_grad():  # BatchNorm that does something: statistics from faces, non-trivial scales and shifts
+        student.estimate_bn_statistics([student.preprocess(crops(6, seed=2))])
+        for m in student.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0, 0.1)
+    fast = student.eval().for_inference()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in student.modules())  # the original is untouched
+    ref, got = score_faces(student, crops(4, seed=3)), score_faces(fast, crops(4, seed=3))
+    assert torch.allclose(ref.score, got.score, atol=1e-4)
+    assert torch.allclose(ref.embedding, got.embedding, atol=1e-3)
+    assert ref.score.std() > 1e-3  # the faces score differently: the comparison can fail
+    with pytest.raises(RuntimeError, match="copy for inference"):
+        fast.train()
+    with pytest.raises(CheckpointError, match="copy for inference"):
+        fast.save_pretrained(tmp_path / "fast")

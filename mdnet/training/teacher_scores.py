@@ -5,29 +5,26 @@ through the shared crop cache; faces without a usable face are dropped there and
 
 The teacher (any MD-Net checkpoint, e.g. ``checkpoints/default``) scores each face the one way
 every scorer does (:func:`mdnet.models.mdnet.score_aligned`: mirror-averaged), split between the
-processes (:func:`mdnet.training.distributed.sharded_map`). The scores are cached as JSON under
-``CACHE/teacher-scores/``, in a file keyed by the teacher's weights (sha256 of its safetensors
-file), the crops (size and alignment template) and the list of face names: another teacher,
-another alignment or another subset of faces never reuses stale scores.
+processes (:func:`mdnet.training.distributed.sharded_map`). The scores are cached per face in the
+store that ``mdnet distill`` and ``benchmarks/utk_groups.py`` share
+(:mod:`mdnet.training.score_store`: keyed by the teacher's weights, the crops and the scoring
+recipe), so a face any of them scored is never scored again and a larger subset reuses a smaller one's.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import uuid
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
 
-from mdnet.faces.scut import cache_folder
 from mdnet.faces.unlabeled import align_samples, read_folder, resolve_folder
 from mdnet.models.checkpoint import WEIGHTS_NAME, file_sha256, read_config, resolve_checkpoint
 from mdnet.models.mdnet import MDNet, score_aligned
 from mdnet.training import distributed as dist
+from mdnet.training.score_store import append_scores, load_scores, score_cache
 
 
 class UnlabeledFaces(NamedTuple):
@@ -60,54 +57,32 @@ def teacher_size(teacher: str | Path) -> int:
     return read_config(resolve_checkpoint(teacher))[0].preprocess.image_size
 
 
-def teacher_key(weights_sha256: str, names: list[str], size: int) -> str:
-    """The cache file's name: the teacher's weights, the crops (size + template) and the faces."""
-    crops = cache_folder(".", size).name  # aligned-SIZE-TEMPLATEHASH
-    faces = hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
-    return f"{weights_sha256[:16]}-{crops}-{len(names)}-{faces}.json"
-
-
-def _read(path: Path, names: list[str]) -> torch.Tensor | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if data.get("names") != names or len(data.get("scores", [])) != len(names):
-        return None
-    return torch.tensor(data["scores"], dtype=torch.float32)
-
-
-def _write_atomically(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        tmp.write_text(json.dumps(data) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def teacher_scores(accelerator: Accelerator, teacher: str | Path, faces: torch.Tensor, names: list[str],
-                   cache_dir: str | Path | None, batch: int = 64) -> tuple[torch.Tensor, bool]:
+                   cache_dir: str | Path | None, batch: int = 64,
+                   set_name: str = "unlabeled") -> tuple[torch.Tensor, bool]:
     """Mirror-averaged scores (n,) of ``faces`` (aligned at the teacher's size) by checkpoint ``teacher``.
 
-    Read from the cache when every process finds it there; else computed by all processes together
-    and written by the main one (collective). Returns (scores, whether they came from the cache).
+    The faces the store (``set_name``.tsv in :func:`~mdnet.training.score_store.score_cache`) lacks are
+    scored by all processes together and appended by the main one (collective; the main process's
+    view of the store decides what is scored). Returns (scores, whether all came from the cache).
     """
     directory = resolve_checkpoint(teacher)
     sha = file_sha256(directory / WEIGHTS_NAME)
-    path = Path(cache_dir) / "teacher-scores" / teacher_key(sha, names, faces.shape[-1]) if cache_dir else None
-    cached = _read(path, names) if path is not None and path.is_file() else None
-    if dist.reduce_sum(accelerator, float(cached is not None)) == accelerator.num_processes:
-        return cached, True
-    model = MDNet.from_pretrained(directory, device=accelerator.device)
-    if model.cfg.preprocess.image_size != faces.shape[-1]:
-        raise ValueError(f"teacher {teacher} scores {model.cfg.preprocess.image_size} px crops, "
-                         f"got {faces.shape[-1]} px")
-    scores = dist.sharded_map(accelerator, lambda idx: score_aligned(model, faces[idx.cpu()], batch_size=len(idx)),
-                              len(faces), batch, desc=f"teacher scores ({len(faces)} faces)")
-    if path is not None and accelerator.is_main_process:
-        _write_atomically(path, {"teacher": str(teacher), "weights_sha256": sha, "size": faces.shape[-1],
-                                 "names": names, "scores": scores.tolist()})
-    accelerator.wait_for_everyone()
-    return scores.float(), False
+    store = score_cache(Path(cache_dir), sha, faces.shape[-1]) / f"{set_name}.tsv" if cache_dir else None
+    known = load_scores(store) if store is not None else {}
+    todo = broadcast_object_list([[i for i, name in enumerate(names) if name not in known]])[0]
+    if todo:
+        model = MDNet.from_pretrained(directory, device=accelerator.device)
+        if model.cfg.preprocess.image_size != faces.shape[-1]:
+            raise ValueError(f"teacher {teacher} scores {model.cfg.preprocess.image_size} px crops, "
+                             f"got {faces.shape[-1]} px")
+        rows = torch.tensor(todo, dtype=torch.long)
+        new = dist.sharded_map(accelerator, lambda idx: score_aligned(model, faces[rows[idx.cpu()]],
+                                                                        batch_size=len(idx)),
+                               len(rows), batch, desc=f"teacher scores ({len(rows)} of {len(faces)} faces)")
+        scored = dict(zip([names[i] for i in todo], new.float().tolist(), strict=True))
+        if store is not None and accelerator.is_main_process:
+            append_scores(store, scored)
+        accelerator.wait_for_everyone()
+        known = {**known, **scored}
+    return torch.tensor([known[name] for name in names], dtype=torch.float32), not todo

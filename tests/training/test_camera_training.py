@@ -178,11 +178,18 @@ def test_teacher_scores_are_cached_by_weights_and_faces(tmp_path, monkeypatch):
     again, cached = teacher_scores.teacher_scores(accelerator, tmp_path / "teacher", data, names, tmp_path / "cache")
     assert cached and torch.equal(again, scores)
     monkeypatch.undo()
-    _, cached = teacher_scores.teacher_scores(accelerator, tmp_path / "teacher", data[:4], names[:4],
-                                              tmp_path / "cache")
-    assert not cached  # other faces
+    monkeypatch.setattr(teacher_scores, "score_aligned", refuse)
+    part, cached = teacher_scores.teacher_scores(accelerator, tmp_path / "teacher", data[:4], names[:4],
+                                                 tmp_path / "cache")
+    assert cached and torch.equal(part, scores[:4])  # a subset: scored per face, so already known
+    monkeypatch.undo()
+    more = torch.cat([data, crops(2, seed=4)])
+    grown, cached = teacher_scores.teacher_scores(accelerator, tmp_path / "teacher", more, names + ["x.jpg", "y.jpg"],
+                                                  tmp_path / "cache")
+    assert not cached and torch.equal(grown[:5], scores)  # only the two new faces were scored
+    assert torch.allclose(grown[5:], score_aligned(teacher, more[5:]), atol=1e-6)
     save_checkpoint(build_model("micro", seed=1), tmp_path / "teacher")
     other, cached = teacher_scores.teacher_scores(accelerator, tmp_path / "teacher", data, names, tmp_path / "cache")
     assert not cached and not torch.equal(other, scores)  # other weights
-    assert len(list((tmp_path / "cache" / "teacher-scores").glob("*.json"))) == 3
+    assert len(list((tmp_path / "cache").glob("group-scores-*/unlabeled.tsv"))) == 2  # the store distill shares
 

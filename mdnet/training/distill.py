@@ -46,7 +46,7 @@ from mdnet.models.mdnet import score_faces
 from mdnet.models.student import FBPStudent, StudentConfig
 from mdnet.training import distributed as dist
 from mdnet.training.camera import DrawRecipe, labelled_draws, labelled_faces
-from mdnet.training.diffusion import fit
+from mdnet.training.fit import fit
 from mdnet.training.metrics import regression_metrics
 from mdnet.training.score_store import cached_scores, score_cache
 

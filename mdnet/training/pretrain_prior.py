@@ -36,7 +36,8 @@ from torch import nn
 
 from mdnet.models.config import get_config
 from mdnet.training import distributed as dist
-from mdnet.training.diffusion import fit, plot_losses, sample_faces, save_grid, train_unet
+from mdnet.training.diffusion import plot_losses, sample_faces, save_grid, train_unet
+from mdnet.training.fit import fit
 
 
 class VAEObjective(nn.Module):

@@ -29,6 +29,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from mdnet.faces.scut import ScutFBP5500, aligned_faces, stratified_split
 from mdnet.models.checkpoint import DEFAULT_CHECKPOINT, default_device, load_checkpoint, resolve_checkpoint
@@ -122,11 +123,17 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> Uncertainty:
     parser.add_argument("--cache", default="cache", help="aligned-face cache folder ('' for none)")
     parser.add_argument("--val-fraction", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's; 1 may be faster on a busy machine)")
     args = parser.parse_args(argv)
     if not 0 < args.level < 1:
         parser.error(f"--level must be between 0 and 1, got {args.level}")
     if not 0 < args.ood_rate < 1:
         parser.error(f"--ood-rate must be between 0 and 1, got {args.ood_rate}")
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     folder = resolve_checkpoint(args.checkpoint)
     model = load_checkpoint(folder, device=default_device())
     stats = split_statistics(model, args.data_root, args.cache or None, args.val_fraction, args.seed)

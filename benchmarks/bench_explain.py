@@ -37,9 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mdnet import explain as E  # noqa: E402
 from mdnet.faces import align  # noqa: E402
+from mdnet.models.checkpoint import DEFAULT_CHECKPOINT, default_device  # noqa: E402
 from mdnet.models.config import get_config  # noqa: E402
 from mdnet.models.mdnet import MDNet  # noqa: E402
-from mdnet.models.checkpoint import DEFAULT_CHECKPOINT, default_device  # noqa: E402
 
 
 def load(args) -> tuple[MDNet, str]:

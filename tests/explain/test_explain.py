@@ -25,8 +25,8 @@ from mdnet import cli
 from mdnet import explain as E
 from mdnet.explain import viz
 from mdnet.faces import apply_transform
-from mdnet.models.mdnet import score_aligned
 from mdnet.models.checkpoint import DEFAULT_CHECKPOINT
+from mdnet.models.mdnet import score_aligned
 
 # IG completeness at the default steps (16, Gauss-Legendre): |delta| <= REL * |f(x) - f(b)| + ABS.
 # Measured: the micro models here (smooth: patch stem) reach |delta| <= 2e-4 * |gap| (random) and

@@ -9,6 +9,11 @@ the copy the teacher's checkpoint holds) to a ``1024 x 7 x 7`` map, pooled onto 
 (where on the face, coarsely), then an MLP. SFace's 6.4 M-parameter embedding layer is left out:
 the student is 3.7 M parameters (about 15 MB in float32, 7.5 MB in the float16 it is stored in).
 
+``head="linear"`` (``mdnet distill --head ridge``) keeps SFace's convolutions exactly as they are and
+puts one linear map on the whole ``1024 x 7 x 7`` map (``pool=7``), fitted in closed form (ridge
+regression, :mod:`mdnet.training.ridge`) to the same targets; the map's per-feature mean and scale
+travel with it. Its embedding (for the uncertainty estimate) is the map's average, 1024-d.
+
 It has MD-Net's scoring interface (``preprocess``, ``forward(x) -> .score, .embedding``,
 ``cfg.preprocess``, ``cfg.score_range``, ``cfg.name``), so :func:`mdnet.models.mdnet.score_faces`
 and the service score with either; it has no streams to explain.
@@ -35,6 +40,7 @@ from mdnet.models.sface import TRUNK_UNITS, ArcFaceAlign, scale_input, sface_uni
 
 STUDENT_KIND = "student"
 FEATURE_CHANNELS = 1024  # SFace's conv_14
+HEADS = ("mlp", "linear")
 
 
 @dataclass
@@ -48,6 +54,7 @@ class StudentConfig:
     head_hidden: int = 128
     head_dropout: float = 0.1
     score_range: tuple[float, float] = (1.0, 5.0)
+    head: str = "mlp"              # "mlp" (trained by gradient) or "linear" (a ridge fit; head_* unused)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -61,6 +68,8 @@ class StudentConfig:
             raise ConfigError("student config: the ArcFace re-alignment expects 224 px crops")
         if cfg.pool < 1 or cfg.head_hidden < 1:
             raise ConfigError("student config: pool and head_hidden must be positive")
+        if cfg.head not in HEADS:
+            raise ConfigError(f"student config: head must be one of {HEADS}, got {cfg.head!r}")
         return cfg
 
 
@@ -86,13 +95,21 @@ class FBPStudent(nn.Module):
         self.trunk = nn.Sequential(OrderedDict(units[:TRUNK_UNITS]))
         self.head_convs = nn.Sequential(OrderedDict(units[TRUNK_UNITS:]))
         width = FEATURE_CHANNELS * c.pool * c.pool
-        self.hidden = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, c.head_hidden), nn.GELU(),
-                                    nn.Dropout(c.head_dropout))
-        self.out = nn.Linear(c.head_hidden, 1)
+        if c.head == "linear":
+            self.register_buffer("feature_mean", torch.zeros(width))
+            self.register_buffer("feature_scale", torch.ones(width))
+            self.linear = nn.Linear(width, 1)
+            with torch.no_grad():
+                self.linear.weight.zero_()
+                self.linear.bias.fill_(sum(c.score_range) / 2)
+        else:
+            self.hidden = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, c.head_hidden), nn.GELU(),
+                                        nn.Dropout(c.head_dropout))
+            self.out = nn.Linear(c.head_hidden, 1)
 
     @property
     def embedding_dim(self) -> int:
-        return self.cfg.head_hidden
+        return FEATURE_CHANNELS if self.cfg.head == "linear" else self.cfg.head_hidden
 
     def preprocess(self, faces: torch.Tensor) -> torch.Tensor:
         """Aligned faces, uint8 ``(b, s, s, 3)`` or ``(b, 3, s, s)`` -> normalised input (MD-Net's own step)."""
@@ -113,12 +130,33 @@ class FBPStudent(nn.Module):
     def forward(self, x: torch.Tensor, mode: str = "full", prior_features: Any = None) -> StudentOutput:
         if mode != "full" or prior_features is not None:
             raise ValueError("the student has no streams: only mode='full', without prior features")
-        rgb = (x * self.pixel_std + self.pixel_mean) * 255
-        feats = self.head_convs(self.trunk(scale_input(self.align(rgb))))
+        feats = self.feature_map(x)
         pooled = F.adaptive_avg_pool2d(feats, self.cfg.pool).flatten(1)
-        hidden = self.hidden(pooled)
         low, high = self.cfg.score_range
+        if self.cfg.head == "linear":
+            score = self.linear((pooled - self.feature_mean) * self.feature_scale).squeeze(-1)
+            return StudentOutput(score.clamp(low, high), feats.mean((2, 3)))
+        hidden = self.hidden(pooled)
         return StudentOutput(low + (high - low) * torch.sigmoid(self.out(hidden).squeeze(-1)), hidden)
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`preprocess`'s output -> SFace's ``(B, 1024, 7, 7)`` map, what the head reads."""
+        rgb = (x * self.pixel_std + self.pixel_mean) * 255
+        return self.head_convs(self.trunk(scale_input(self.align(rgb))))
+
+    def pooled_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, 1024 x pool x pool)``: the map pooled onto the head's cells (what a ridge head is fitted on)."""
+        return F.adaptive_avg_pool2d(self.feature_map(x), self.cfg.pool).flatten(1)
+
+    @torch.no_grad()
+    def set_linear_head(self, weight: torch.Tensor, bias: float, mean: torch.Tensor, scale: torch.Tensor) -> None:
+        """Install a fitted linear head: ``score = bias + weight . ((features - mean) * scale)``, clamped."""
+        if self.cfg.head != "linear":
+            raise ValueError("this student has an MLP head, not a linear one")
+        self.linear.weight.copy_(weight.view(1, -1))
+        self.linear.bias.fill_(float(bias))
+        self.feature_mean.copy_(mean)
+        self.feature_scale.copy_(scale)
 
     def for_inference(self) -> FBPStudent:
         """A copy for scoring only (what the service loads): each SFace unit's BatchNorm folded into its

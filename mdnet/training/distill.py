@@ -16,9 +16,14 @@ the teacher's training augmentations (:mod:`mdnet.training.camera`: CameraAugmen
 student also learns the teacher's robustness. ``--holdout`` unlabeled faces are never trained on:
 they measure the teacher-student agreement.
 
+``--head ridge`` keeps SFace's convolutions frozen and fits one linear map on the whole 7 x 7 map of
+every draw (each row of the epoch drawn once, augmented) in closed form: ridge regression, its
+strength chosen by 5-fold cross-validation over faces (:mod:`mdnet.training.ridge`); the features are
+computed by every process on its share of the draws. No steps, no ``--resume``: minutes.
+
 The student starts from SFace's convolutions taken from the teacher's checkpoint (no other
-download). AdamW with a one-cycle schedule over ``--epochs``, through Accelerate, each process
-training on its share of every global batch; the state is saved every few minutes under
+download). With ``--head mlp`` (the default): AdamW with a one-cycle schedule over ``--epochs``,
+through Accelerate, each process training on its share of every global batch; the state is saved every few minutes under
 ``OUTPUT/state`` and ``--resume`` continues at the exact step. At the end the student is saved
 with :func:`~mdnet.models.checkpoint.save_checkpoint` (float16 weights), reloaded, and measured
 from the saved file: ``OUTPUT/summary.json``::
@@ -48,6 +53,7 @@ from mdnet.training import distributed as dist
 from mdnet.training.camera import DrawRecipe, labelled_draws, labelled_faces
 from mdnet.training.fit import fit
 from mdnet.training.metrics import regression_metrics
+from mdnet.training.ridge import RidgeFit, fit_ridge
 from mdnet.training.score_store import cached_scores, score_cache
 
 SFACE_PREFIX = "vim.identity.sface."
@@ -87,6 +93,26 @@ def teacher_targets(teacher, store: Path, items: list, align, name: str, progres
     return scores
 
 
+def fit_linear_head(accelerator, student: FBPStudent, data, rows: torch.Tensor, recipe: DrawRecipe, seed: int,
+                    quiet: bool) -> RidgeFit:
+    """``--head ridge``: one augmented draw of every row of ``data``, its frozen features (computed by every
+    process on its share), a ridge fit with the strength cross-validated over faces, installed in ``student``."""
+    augs = labelled_draws(recipe)(torch.arange(len(rows)), torch.Generator().manual_seed(seed))
+    student.eval()
+
+    def features(idx: torch.Tensor) -> list[torch.Tensor]:
+        items = [data[dist.Draw(int(i), 1.0, 1, tuple(augs[int(i)]))] for i in idx]
+        x = (torch.stack([it["image"] for it in items]) - student.pixel_mean) / student.pixel_std
+        with torch.no_grad():
+            return [student.pooled_features(x), torch.stack([it["target"] for it in items]).float()]
+
+    feats, targets = dist.sharded_map(accelerator, features, len(rows), batch_size=32,
+                                      desc=None if quiet else "features of the draws")
+    fit = fit_ridge(feats, targets, rows.numpy(), seed=seed, log=None if quiet else accelerator.print)
+    student.set_linear_head(fit.weight, fit.bias, fit.mean, fit.scale)
+    return fit
+
+
 def evaluate(model, faces: torch.Tensor, labels: np.ndarray, teacher: np.ndarray | None = None) -> dict:
     """PC / MAE / RMSE of the (single-pass) scores against the labels, and the correlation with the teacher."""
     pred = score_faces(model, faces, tta=False).score.numpy().astype(np.float64)
@@ -106,6 +132,18 @@ def student_card(summary: dict, recipe: dict, name: str) -> str:
     v, t, h, f = summary["validation"], summary["teacher_validation"], summary["holdout_agreement"], summary["faces"]
     command = "mdnet distill " + " ".join(
         f"--{k.replace('_', '-')} {val}" for k, val in recipe.items() if val is not None and val is not False)
+    ridge = summary.get("ridge")
+    if ridge:
+        design = ("SFace's face-recognition convolutions, frozen, on the face re-aligned to 112 px, and one\n"
+                  "linear map of their whole 1024 x 7 x 7 map (ridge regression in closed form); 3.3 M parameters,\n"
+                  "the convolutions stored in float16, the linear map in float32")
+        training = (f"A ridge fit on {ridge['draws']} draws (one each), strength {ridge['alpha']:g} chosen by 5-fold "
+                    f"cross-validation over faces (held-out mean squared error {summary['final_loss']:.4f}),")
+    else:
+        design = ("SFace's face-recognition convolutions on the face re-aligned\nto 112 px, pooled onto 2 x 2 "
+                  "cells, and an MLP; 3.75 M parameters stored in float16")
+        training = (f"{summary['steps']} steps of {recipe['batch_size']}, final training loss "
+                    f"{summary['final_loss']:.4f},")
     agreement = (f"On {f['holdout']} unlabeled in-the-wild faces it never trained on, its scores correlate "
                  f"{h['teacher_corr']:.3f} with the teacher's (mean absolute difference {h['teacher_mae']:.3f})."
                  if h else "")
@@ -117,8 +155,7 @@ tags: [facial-beauty-prediction, knowledge-distillation, scut-fbp5500, utkface]
 
 # `{name}`: the fast student of MD-Net
 
-A small network (`mdnet.models.student`: SFace's face-recognition convolutions on the face re-aligned
-to 112 px, pooled onto 2 x 2 cells, and an MLP; 3.75 M parameters stored in float16) distilled from the
+A small network (`mdnet.models.student`: {design}) distilled from the
 MD-Net checkpoint `{recipe['teacher']}` by `mdnet distill`. It scores an aligned 224 px face in one
 pass, for the live webcam score and `mdnet predict --fast`; full MD-Net gives the score people read
 with its interval and explanations. Input and output as MD-Net's (1-5, the SCUT-FBP5500 raters' mean).
@@ -144,8 +181,7 @@ Validation faces ({f['validation']}, never trained on; the student one pass, the
 {_row("student", v)}
 
 Student-teacher correlation on the validation faces {v['teacher_corr']:.3f}. {agreement}
-{summary['steps']} steps of {recipe['batch_size']}, final training loss {summary['final_loss']:.4f},
-{summary['train_minutes_this_run']:.0f} min on {summary['processes']} process(es) (the teacher's scores:
+{training} {summary['train_minutes_this_run']:.0f} min on {summary['processes']} process(es) (the teacher's scores:
 {summary['teacher_minutes']:.0f} min, cached per face). Latency: `python benchmarks/bench_live.py` (README).
 
 ## Reproduce
@@ -191,6 +227,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     parser.add_argument("--freeze-units", type=int, default=11,
                         help="SFace conv units kept as initialised, from the input (11: up to 28 x 28 px, where "
                              "most of the backward time goes on a CPU); 0 trains all 27")
+    parser.add_argument("--head", choices=("mlp", "ridge"), default="mlp",
+                        help="mlp: SFace's last units and an MLP trained by gradient (--epochs, --lr, ...); ridge: "
+                             "SFace frozen, one linear map of its whole 7 x 7 map fitted in closed form")
     parser.add_argument("--init", choices=("teacher", "random"), default="teacher",
                         help="the student's SFace convolutions: the teacher checkpoint's copy, or random (tests)")
     parser.add_argument("--seed", type=int, default=0)
@@ -266,16 +305,18 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     data = labelled_faces(faces, None, targets, recipe, CameraAugment(), rows)
     sampler = dist.GlobalBatches(len(rows), args.batch_size, args.seed, labelled_draws(recipe), drop_last=True,
                                  shards=dist.shards(accelerator))
-    steps = max(1, round(args.epochs * sampler.batches_per_epoch()))
+    steps = 0 if args.head == "ridge" else max(1, round(args.epochs * sampler.batches_per_epoch()))
     accelerator.print(f"distilling on {len(rows)} draws per epoch ({len(train)} labelled faces x "
-                      f"{args.labelled_repeat}, {len(train_unl)} unlabeled), {steps} steps of {args.batch_size}")
+                      f"{args.labelled_repeat}, {len(train_unl)} unlabeled), "
+                      + ("a ridge fit" if steps == 0 else f"{steps} steps of {args.batch_size}"))
     torch.manual_seed(args.seed)
+    cfg = StudentConfig(head="linear", pool=7) if args.head == "ridge" else StudentConfig()
     try:
-        student = init_student(teacher_dir) if args.init == "teacher" else FBPStudent()
+        student = init_student(teacher_dir, cfg) if args.init == "teacher" else FBPStudent(cfg)
     except ValueError as err:
         parser.error(str(err))
     try:
-        student.freeze_units(args.freeze_units)
+        student.freeze_units(27 if args.head == "ridge" else args.freeze_units)
     except ValueError as err:
         parser.error(f"--freeze-units: {err}")
     if args.init == "random":  # BatchNorm statistics of these faces, not of an untrained network's defaults
@@ -288,13 +329,19 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     accelerator.wait_for_everyone()
     dist.seed_per_process(accelerator, args.seed)
     t1 = time.time()
-    losses, objective = fit(accelerator, "student", DistillObjective(student), data, sampler, steps, args.lr,
-                            args.weight_decay, 0.1, clip=1.0, state_dir=out / "state",
-                            save_every_s=args.save_every_minutes * 60)
+    ridge = None
+    if args.head == "ridge":
+        ridge = fit_linear_head(accelerator, student, data, rows, recipe, args.seed, quiet)
+        losses = [ridge.cv_mse[ridge.alpha]]
+    else:
+        losses, objective = fit(accelerator, "student", DistillObjective(student), data, sampler, steps, args.lr,
+                                args.weight_decay, 0.1, clip=1.0, state_dir=out / "state",
+                                save_every_s=args.save_every_minutes * 60)
+        student = objective.student
     train_minutes = (time.time() - t1) / 60
     summary: dict = {}
     if accelerator.is_main_process:
-        student = objective.student.cpu().eval()
+        student = student.cpu().eval()
         metadata = {"teacher": str(args.teacher), "teacher_weights_sha256": teacher_sha,
                     "recipe": {k: v for k, v in vars(args).items() if k not in ("resume",)}}
         saved = save_checkpoint(student, args.checkpoint_out or out / "checkpoint", metadata)
@@ -310,6 +357,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
             "faces": {"labelled": len(train), "validation": len(val), "unlabeled_trained": len(train_unl),
                       "holdout": len(held_rows), "unlabeled_rejected": len(unl.rejected)},
             "steps": steps, "final_loss": float(np.mean(losses[-50:])), "teacher_minutes": teacher_minutes,
+            "ridge": {"alpha": ridge.alpha, "cv_mse": {f"{a:g}": m for a, m in ridge.cv_mse.items()},
+                      "draws": len(rows)} if ridge else None,
             "train_minutes_this_run": train_minutes, "processes": accelerator.num_processes,
             "checkpoint": str(saved), "size_mb": (saved / WEIGHTS_NAME).stat().st_size / 1e6,
         }

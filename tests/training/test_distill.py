@@ -106,3 +106,51 @@ def test_two_processes_follow_the_same_steps(data, run):
         assert sorted(ranks[0][epoch] + ranks[1][epoch]) == sorted(seen)
     summary = json.loads((data["root"] / "two" / "summary.json").read_text())
     assert summary["processes"] == 2 and summary["steps"] == run["steps"]
+
+
+@pytest.fixture(scope="module")
+def ridge_run(data):
+    return distill.main(args(data, "ridge", "--head", "ridge", "--camera-p", "0.5", "--max-shift", "4"))
+
+
+def launch_two(data, *argv: str) -> subprocess.CompletedProcess:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1",
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+           str(port), "-m", "mdnet", "distill", *argv]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_a_ridge_head_is_fitted_in_closed_form_and_saved_in_float32(data, ridge_run):
+    from safetensors import safe_open
+
+    from mdnet.training.ridge import ALPHAS
+
+    assert ridge_run["steps"] == 0 and ridge_run["ridge"]["alpha"] in ALPHAS
+    assert ridge_run["ridge"]["draws"] == 3 * ridge_run["faces"]["labelled"] + ridge_run["faces"]["unlabeled_trained"]
+    assert ridge_run["holdout_agreement"]["teacher_mae"] < 0.3
+    folder = Path(ridge_run["checkpoint"])
+    student = MDNet.from_pretrained(folder)
+    assert student.cfg.head == "linear" and student.cfg.pool == 7 and ridge_run["size_mb"] < 10
+    assert float(student.linear.weight.abs().sum()) > 0  # a fitted head, not the initial zeros
+    with safe_open(str(folder / "model.safetensors"), "pt") as f:
+        assert f.get_slice("linear.weight").get_dtype() == "F32" and f.get_slice("feature_mean").get_dtype() == "F32"
+        assert f.get_slice("trunk.conv_1.conv.weight").get_dtype() == "F16"
+    assert "ridge fit" in (folder / "README.md").read_text()
+    faces = torch.randint(0, 256, (4, 3, 224, 224), dtype=torch.uint8, generator=torch.Generator().manual_seed(5))
+    fast = student.for_inference()
+    assert torch.allclose(score_faces(student, faces, tta=False).score, score_faces(fast, faces, tta=False).score,
+                          atol=1e-3)
+
+
+def test_two_processes_fit_the_same_ridge_head(data, ridge_run):
+    done = launch_two(data, *args(data, "ridge-two", "--head", "ridge", "--camera-p", "0.5", "--max-shift", "4"))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    two = json.loads((data["root"] / "ridge-two" / "summary.json").read_text())
+    assert two["processes"] == 2 and two["ridge"] == ridge_run["ridge"]  # the same draws, features and fit
+    a, b = MDNet.from_pretrained(ridge_run["checkpoint"]), MDNet.from_pretrained(two["checkpoint"])
+    assert torch.allclose(a.linear.weight, b.linear.weight, atol=1e-4, rtol=1e-3)

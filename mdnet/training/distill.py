@@ -22,7 +22,8 @@ strength chosen by 5-fold cross-validation over faces (:mod:`mdnet.training.ridg
 computed by every process on its share of the draws. No steps, no ``--resume``: minutes.
 
 The student starts from SFace's convolutions taken from the teacher's checkpoint (no other
-download). With ``--head mlp`` (the default): AdamW with a one-cycle schedule over ``--epochs``,
+download), or with ``--trunk-from`` from an earlier student's (e.g. a ridge head on an MLP student's
+distilled convolutions). With ``--head mlp`` (the default): AdamW with a one-cycle schedule over ``--epochs``,
 through Accelerate, each process training on its share of every global batch; the state is saved every few minutes under
 ``OUTPUT/state`` and ``--resume`` continues at the exact step. At the end the student is saved
 with :func:`~mdnet.models.checkpoint.save_checkpoint` (float16 weights), reloaded, and measured
@@ -45,7 +46,7 @@ from torch import nn
 
 from mdnet.faces.augment import CameraAugment
 from mdnet.faces.scut import ScutFBP5500, aligned_faces, stratified_split
-from mdnet.faces.unlabeled import align_samples, known_rejects, read_folder, resolve_folder, select_faces
+from mdnet.faces.unlabeled import align_samples, read_folder, resolve_folder, select_faces
 from mdnet.models.checkpoint import WEIGHTS_NAME, file_sha256, load_checkpoint, resolve_checkpoint, save_checkpoint
 from mdnet.models.mdnet import score_faces
 from mdnet.models.student import FBPStudent, StudentConfig
@@ -71,17 +72,23 @@ class DistillObjective(nn.Module):
         return (self.student(x).score - batch["target"].float()).pow(2)
 
 
-def init_student(teacher_dir: Path, cfg: StudentConfig | None = None) -> FBPStudent:
-    """A student whose SFace convolutions are the teacher checkpoint's copy of SFace."""
+def init_student(teacher_dir: Path, cfg: StudentConfig | None = None, trunk_from: Path | None = None) -> FBPStudent:
+    """A student whose SFace convolutions are the teacher checkpoint's copy of SFace, or those of the
+    student checkpoint ``trunk_from`` (a trunk already distilled: e.g. a ridge head on an MLP student's
+    fine-tuned convolutions)."""
     from safetensors.torch import load_file
 
     student = FBPStudent(cfg)
-    state = load_file(str(teacher_dir / WEIGHTS_NAME))
+    source = trunk_from or teacher_dir
+    state = load_file(str(source / WEIGHTS_NAME))
+    if trunk_from is not None:  # a student's own names: trunk.*, head_convs.*
+        state = {("head." + k[len("head_convs."):] if k.startswith("head_convs.") else k): v for k, v in state.items()}
     try:
-        student.load_sface(state, SFACE_PREFIX)
+        student.load_sface(state, "" if trunk_from is not None else SFACE_PREFIX)
     except KeyError as err:
-        raise ValueError(f"{teacher_dir} holds no SFace weights ({err}): the student needs a teacher with an "
-                         "SFace identity embedding (preset tiny-sface-id)") from err
+        what = ("a student checkpoint" if trunk_from is not None
+                else "a teacher with an SFace identity embedding (preset tiny-sface-id)")
+        raise ValueError(f"{source} holds no SFace weights ({err}): the student needs {what}") from err
     return student
 
 
@@ -113,6 +120,18 @@ def fit_linear_head(accelerator, student: FBPStudent, data, rows: torch.Tensor, 
     return fit
 
 
+def unlabeled_subset(folder: str, per_group: int | None, limit: int | None, seed: int) -> list:
+    """The unlabeled photos of a recipe: ``per_group`` per race x gender, or ``limit`` of them (seeded), or all.
+
+    Drawn from every photo in the folder, never from "those the cache has not rejected yet": the faces
+    and the holdout of a recipe must not depend on what earlier runs left in the cache (photos without
+    a usable face are dropped afterwards, by the alignment).
+    """
+    if per_group:
+        return select_faces(resolve_folder(folder), per_group, seed, set())
+    return read_folder(resolve_folder(folder), limit=limit, seed=seed)
+
+
 def evaluate(model, faces: torch.Tensor, labels: np.ndarray, teacher: np.ndarray | None = None) -> dict:
     """PC / MAE / RMSE of the (single-pass) scores against the labels, and the correlation with the teacher."""
     pred = score_faces(model, faces, tta=False).score.numpy().astype(np.float64)
@@ -134,14 +153,15 @@ def student_card(summary: dict, recipe: dict, name: str) -> str:
         f"--{k.replace('_', '-')} {val}" for k, val in recipe.items() if val is not None and val is not False)
     ridge = summary.get("ridge")
     if ridge:
+        cells = summary.get("pool", 7)
         design = ("SFace's face-recognition convolutions, frozen, on the face re-aligned to 112 px, and one\n"
-                  "linear map of their whole 1024 x 7 x 7 map (ridge regression in closed form); 3.3 M parameters,\n"
-                  "the convolutions stored in float16, the linear map in float32")
+                  f"linear map of their 1024 x 7 x 7 map pooled onto {cells} x {cells} cells (ridge regression in\n"
+                  "closed form); the convolutions stored in float16, the linear map in float32")
         training = (f"A ridge fit on {ridge['draws']} draws (one each), strength {ridge['alpha']:g} chosen by 5-fold "
                     f"cross-validation over faces (held-out mean squared error {summary['final_loss']:.4f}),")
     else:
-        design = ("SFace's face-recognition convolutions on the face re-aligned\nto 112 px, pooled onto 2 x 2 "
-                  "cells, and an MLP; 3.75 M parameters stored in float16")
+        design = ("SFace's face-recognition convolutions on the face re-aligned\nto 112 px, pooled onto "
+                  f"{summary.get('pool', 2)} x {summary.get('pool', 2)} cells, and an MLP; stored in float16")
         training = (f"{summary['steps']} steps of {recipe['batch_size']}, final training loss "
                     f"{summary['final_loss']:.4f},")
     agreement = (f"On {f['holdout']} unlabeled in-the-wild faces it never trained on, its scores correlate "
@@ -211,8 +231,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     subset = parser.add_mutually_exclusive_group()
     subset.add_argument("--unlabeled-limit", type=int, default=None, help="a seeded subset of that many photos")
     subset.add_argument("--unlabeled-per-group", type=int, default=None,
-                        help="a seeded subset of that many photos per race x gender (UTKFace names; the subset "
-                             "benchmarks/utk_groups.py scores, so their teacher scores are shared)")
+                        help="a seeded subset of that many photos per race x gender (UTKFace names), drawn from "
+                             "every photo; those without a usable face are then dropped")
     parser.add_argument("--holdout", type=int, default=500, help="unlabeled faces kept out to measure agreement")
     parser.add_argument("--output", default="runs/student")
     parser.add_argument("--checkpoint-out", default=None, help="also save the student here (e.g. checkpoints/student)")
@@ -230,6 +250,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     parser.add_argument("--head", choices=("mlp", "ridge"), default="mlp",
                         help="mlp: SFace's last units and an MLP trained by gradient (--epochs, --lr, ...); ridge: "
                              "SFace frozen, one linear map of its whole 7 x 7 map fitted in closed form")
+    parser.add_argument("--trunk-from", default=None,
+                        help="start SFace's convolutions from this student checkpoint instead of the teacher's "
+                             "copy (e.g. a ridge head on an MLP student's distilled convolutions; overrides --init)")
     parser.add_argument("--init", choices=("teacher", "random"), default="teacher",
                         help="the student's SFace convolutions: the teacher checkpoint's copy, or random (tests)")
     parser.add_argument("--seed", type=int, default=0)
@@ -266,11 +289,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
         return all_faces[rows], [s.name for s in part], []
 
     # unlabeled faces: aligned through the shared cache (rejects dropped), a seeded holdout kept apart
-    if args.unlabeled_per_group:
-        samples = select_faces(resolve_folder(args.unlabeled), args.unlabeled_per_group, args.seed,
-                               set(known_rejects(cache, size)))
-    else:
-        samples = read_folder(resolve_folder(args.unlabeled), limit=args.unlabeled_limit, seed=args.seed)
+    samples = unlabeled_subset(args.unlabeled, args.unlabeled_per_group, args.unlabeled_limit, args.seed)
     unl = align_samples(samples, size, cache)
     order = np.random.default_rng(args.seed).permutation(len(unl.names))
     held = set(order[: args.holdout].tolist())
@@ -312,14 +331,18 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     torch.manual_seed(args.seed)
     cfg = StudentConfig(head="linear", pool=7) if args.head == "ridge" else StudentConfig()
     try:
-        student = init_student(teacher_dir, cfg) if args.init == "teacher" else FBPStudent(cfg)
+        if args.trunk_from:
+            student = init_student(teacher_dir, cfg, resolve_checkpoint(args.trunk_from))
+        else:
+            student = init_student(teacher_dir, cfg) if args.init == "teacher" else FBPStudent(cfg)
     except ValueError as err:
         parser.error(str(err))
     try:
         student.freeze_units(27 if args.head == "ridge" else args.freeze_units)
     except ValueError as err:
         parser.error(f"--freeze-units: {err}")
-    if args.init == "random":  # BatchNorm statistics of these faces, not of an untrained network's defaults
+    # BatchNorm statistics of these faces, not of an untrained network's defaults
+    if args.init == "random" and not args.trunk_from:
         first = rows[: min(256, len(rows))]
         student.estimate_bn_statistics(student.preprocess(faces[first[i:i + 32]]) for i in range(0, len(first), 32))
     if not args.resume and accelerator.is_main_process:
@@ -356,7 +379,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
                                           np.array([unl_t[unl.names[i]] for i in held_rows])) if held_rows else {},
             "faces": {"labelled": len(train), "validation": len(val), "unlabeled_trained": len(train_unl),
                       "holdout": len(held_rows), "unlabeled_rejected": len(unl.rejected)},
-            "steps": steps, "final_loss": float(np.mean(losses[-50:])), "teacher_minutes": teacher_minutes,
+            "pool": reloaded.cfg.pool, "steps": steps, "final_loss": float(np.mean(losses[-50:])),
+            "teacher_minutes": teacher_minutes,
             "ridge": {"alpha": ridge.alpha, "cv_mse": {f"{a:g}": m for a, m in ridge.cv_mse.items()},
                       "draws": len(rows)} if ridge else None,
             "train_minutes_this_run": train_minutes, "processes": accelerator.num_processes,

@@ -154,3 +154,20 @@ def test_two_processes_fit_the_same_ridge_head(data, ridge_run):
     assert two["processes"] == 2 and two["ridge"] == ridge_run["ridge"]  # the same draws, features and fit
     a, b = MDNet.from_pretrained(ridge_run["checkpoint"]), MDNet.from_pretrained(two["checkpoint"])
     assert torch.allclose(a.linear.weight, b.linear.weight, atol=1e-4, rtol=1e-3)
+
+
+
+def test_a_ridge_head_can_read_an_earlier_students_convolutions(data, run):
+    """``--trunk-from``: SFace's convolutions start from a student checkpoint (here the MLP run's, trained
+    from random weights), not from the teacher's copy."""
+    two_stage = distill.main(args(data, "ridge-on-mlp", "--head", "ridge", "--trunk-from", run["checkpoint"],
+                                  "--holdout", "0"))
+    mlp, ridge = MDNet.from_pretrained(run["checkpoint"]).eval(), MDNet.from_pretrained(two_stage["checkpoint"]).eval()
+    faces = torch.randint(0, 256, (2, 3, 224, 224), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        a, b = mlp.feature_map(mlp.preprocess(faces)), ridge.feature_map(ridge.preprocess(faces))
+    assert torch.allclose(a, b, atol=1e-2 * float(a.abs().mean()))
+    assert json.loads((Path(two_stage["checkpoint"]) / "config.json").read_text())["metadata"]["recipe"][
+        "trunk_from"] == run["checkpoint"]
+    with pytest.raises(SystemExit):  # not a student: the teacher has no trunk.* weights
+        distill.main(args(data, "bad-trunk", "--head", "ridge", "--trunk-from", data["teacher"]))

@@ -79,16 +79,19 @@ def init_student(teacher_dir: Path, cfg: StudentConfig | None = None, trunk_from
     from safetensors.torch import load_file
 
     student = FBPStudent(cfg)
-    source = trunk_from or teacher_dir
-    state = load_file(str(source / WEIGHTS_NAME))
-    if trunk_from is not None:  # a student's own names: trunk.*, head_convs.*
-        state = {("head." + k[len("head_convs."):] if k.startswith("head_convs.") else k): v for k, v in state.items()}
+    if trunk_from is not None:
+        earlier = load_checkpoint(trunk_from)
+        if not isinstance(earlier, FBPStudent):
+            raise ValueError(f"--trunk-from {trunk_from} is not a student checkpoint")
+        student.trunk.load_state_dict(earlier.trunk.state_dict())
+        student.head_convs.load_state_dict(earlier.head_convs.state_dict())
+        return student
+    state = load_file(str(teacher_dir / WEIGHTS_NAME))
     try:
-        student.load_sface(state, "" if trunk_from is not None else SFACE_PREFIX)
+        student.load_sface(state, SFACE_PREFIX)
     except KeyError as err:
-        what = ("a student checkpoint" if trunk_from is not None
-                else "a teacher with an SFace identity embedding (preset tiny-sface-id)")
-        raise ValueError(f"{source} holds no SFace weights ({err}): the student needs {what}") from err
+        raise ValueError(f"{teacher_dir} holds no SFace weights ({err}): the student needs a teacher with an "
+                         "SFace identity embedding (preset tiny-sface-id)") from err
     return student
 
 
@@ -153,15 +156,14 @@ def student_card(summary: dict, recipe: dict, name: str) -> str:
         f"--{k.replace('_', '-')} {val}" for k, val in recipe.items() if val is not None and val is not False)
     ridge = summary.get("ridge")
     if ridge:
-        cells = summary.get("pool", 7)
         design = ("SFace's face-recognition convolutions, frozen, on the face re-aligned to 112 px, and one\n"
-                  f"linear map of their 1024 x 7 x 7 map pooled onto {cells} x {cells} cells (ridge regression in\n"
-                  "closed form); the convolutions stored in float16, the linear map in float32")
+                  "linear map of their whole 1024 x 7 x 7 map (ridge regression in closed form); 3.3 M parameters,\n"
+                  "the convolutions stored in float16, the linear map in float32")
         training = (f"A ridge fit on {ridge['draws']} draws (one each), strength {ridge['alpha']:g} chosen by 5-fold "
                     f"cross-validation over faces (held-out mean squared error {summary['final_loss']:.4f}),")
     else:
-        design = ("SFace's face-recognition convolutions on the face re-aligned\nto 112 px, pooled onto "
-                  f"{summary.get('pool', 2)} x {summary.get('pool', 2)} cells, and an MLP; stored in float16")
+        design = ("SFace's face-recognition convolutions on the face re-aligned\nto 112 px, pooled onto 2 x 2 "
+                  "cells, and an MLP; 3.75 M parameters stored in float16")
         training = (f"{summary['steps']} steps of {recipe['batch_size']}, final training loss "
                     f"{summary['final_loss']:.4f},")
     agreement = (f"On {f['holdout']} unlabeled in-the-wild faces it never trained on, its scores correlate "
@@ -379,8 +381,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
                                           np.array([unl_t[unl.names[i]] for i in held_rows])) if held_rows else {},
             "faces": {"labelled": len(train), "validation": len(val), "unlabeled_trained": len(train_unl),
                       "holdout": len(held_rows), "unlabeled_rejected": len(unl.rejected)},
-            "pool": reloaded.cfg.pool, "steps": steps, "final_loss": float(np.mean(losses[-50:])),
-            "teacher_minutes": teacher_minutes,
+            "steps": steps, "final_loss": float(np.mean(losses[-50:])), "teacher_minutes": teacher_minutes,
             "ridge": {"alpha": ridge.alpha, "cv_mse": {f"{a:g}": m for a, m in ridge.cv_mse.items()},
                       "draws": len(rows)} if ridge else None,
             "train_minutes_this_run": train_minutes, "processes": accelerator.num_processes,

@@ -156,7 +156,6 @@ def test_two_processes_fit_the_same_ridge_head(data, ridge_run):
     assert torch.allclose(a.linear.weight, b.linear.weight, atol=1e-4, rtol=1e-3)
 
 
-
 def test_a_ridge_head_can_read_an_earlier_students_convolutions(data, run):
     """``--trunk-from``: SFace's convolutions start from a student checkpoint (here the MLP run's, trained
     from random weights), not from the teacher's copy."""
@@ -169,5 +168,5 @@ def test_a_ridge_head_can_read_an_earlier_students_convolutions(data, run):
     assert torch.allclose(a, b, atol=1e-2 * float(a.abs().mean()))
     assert json.loads((Path(two_stage["checkpoint"]) / "config.json").read_text())["metadata"]["recipe"][
         "trunk_from"] == run["checkpoint"]
-    with pytest.raises(SystemExit):  # not a student: the teacher has no trunk.* weights
+    with pytest.raises(SystemExit):  # not a student checkpoint
         distill.main(args(data, "bad-trunk", "--head", "ridge", "--trunk-from", data["teacher"]))

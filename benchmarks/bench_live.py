@@ -5,7 +5,8 @@ limits, the fast face search, the crop, the model's own scoring: MD-Net mirror-a
 student one pass), and, separately, the alignment alone and each model's score of an aligned crop. The
 live webcam's fast paths are timed beside their references: the face followed from the previous frame
 (:func:`mdnet.faces.track_face`) beside the face search, and the service's student (BatchNorm folded
-into its convolutions, :meth:`~mdnet.models.student.FBPStudent.for_inference`) beside the saved one.
+into its convolutions, channels-last weights: :mod:`mdnet.models.inference_copy`) beside the saved one,
+and MD-Net's copy likewise.
 The checkpoints alternate (A B A B ...) so that a busy machine slows both alike: read the ratio.
 
 Usage::
@@ -66,8 +67,9 @@ def main(argv: list[str] | None = None) -> dict:
     for name, status in models.items():
         fns[f"{name} score"] = lambda m=status.model: score_faces(m, crop)
         fns[f"{name} frame"] = lambda s=status: service.score_frame(rgb, status=s)
-    reference = load_checkpoint(args.student)  # what the service's copy is folded from
-    fns["student score (BatchNorm not folded)"] = lambda: score_faces(reference, crop)
+    for name, path in (("MD-Net", args.teacher), ("student", args.student)):
+        saved = load_checkpoint(path)  # what the service's copy is folded from
+        fns[f"{name} score (BatchNorm not folded)"] = lambda m=saved: score_faces(m, crop)
     fns["student frame (face followed)"] = lambda: service.score_frame(rgb, status=models["student"],
                                                                        track=first.face)
     with torch.inference_mode():

@@ -3,7 +3,9 @@
 Builds the preset (random weights: latency does not depend on the values) or
 loads ``--checkpoint``, then times the whole forward and its parts at each batch
 size, interleaved. One forward per face; the app and ``mdnet evaluate`` also
-score the mirror image (twice this).
+score the mirror image (twice this). Beside the model, its copy for inference (what the service
+loads: BatchNorm folded into the SFace convolutions, channels-last weights;
+:mod:`mdnet.models.inference_copy`), in the same interleaved runs: read the ratio.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ def main() -> None:
         args.preset = f"{model.cfg.name}' from '{args.checkpoint}"
     else:
         model = MDNet(get_config(args.preset)).eval().to(args.device)
+    fast = model.for_inference()
     size = model.cfg.preprocess.image_size
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
 
@@ -47,8 +50,9 @@ def main() -> None:
     params = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.trainable_parameters())
     print(f"parameters: {params / 1e6:.2f} M ({trainable / 1e6:.2f} M trainable)\n")
-    print("| batch | full ms/face | prior stream | Vim stream | fusion + head | full ms/batch (min-max) |")
-    print("|---|---|---|---|---|---|")
+    print("| batch | full ms/face | prior stream | Vim stream | fusion + head | full ms/batch (min-max) "
+          "| copy for inference ms/batch (min-max) | ratio |")
+    print("|---|---|---|---|---|---|---|---|")
     with torch.inference_mode():
         for batch in args.batch:
             x = torch.randn(batch, 3, size, size, device=args.device)
@@ -57,17 +61,20 @@ def main() -> None:
             r = measure(
                 {
                     "full": timed(model, x),
+                    "fast": timed(fast, x),
                     "prior": timed(model.prior_features, x),
                     "vim": timed(model.vim, x),
                     "fusion": timed(fusion_and_head, vim, feats),
                 },
                 repeats=args.repeats,
             )
-            full = r["full"]
+            full, quick = r["full"], r["fast"]
             print(
                 f"| {batch} | {ms(full['median'] / batch)} | {ms(r['prior']['median'] / batch)} "
                 f"| {ms(r['vim']['median'] / batch)} | {ms(r['fusion']['median'] / batch)} "
-                f"| {ms(full['median'])} ({ms(full['min'])}-{ms(full['max'])}) |"
+                f"| {ms(full['median'])} ({ms(full['min'])}-{ms(full['max'])}) "
+                f"| {ms(quick['median'])} ({ms(quick['min'])}-{ms(quick['max'])}) "
+                f"| {quick['median'] / full['median']:.2f} |"
             )
 
 

@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> list[dict]:
     checkpoint = fast_checkpoint() if args.fast else (args.checkpoint or str(DEFAULT_CHECKPOINT))
     try:
         folder = resolve_checkpoint(checkpoint)
-        model = load_checkpoint(folder, device=default_device())
+        model = load_checkpoint(folder, device=default_device()).for_inference()  # as the app scores
     except CheckpointError as err:
         hint = " (make it with `mdnet distill`, or set MDNET_FAST_CHECKPOINT)" if args.fast else ""
         parser.exit(2, f"error: {err}{hint}\n")

@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> Analysis:
         parser.error(f"--output must end in .png, .jpg, .pdf or .svg, not {Path(args.output).name!r}")
     try:
         folder = resolve_checkpoint(args.checkpoint)
-        model = load_checkpoint(folder, device=default_device())
+        model = load_checkpoint(folder, device=default_device()).for_inference()  # as the app scores
         uncertainty = load_uncertainty(folder)
     except CheckpointError as err:
         parser.exit(2, f"error: {err}\n")

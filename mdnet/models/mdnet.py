@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from mdnet.models.config import MDNetConfig, get_config
 from mdnet.models.fusion import CrossAttentionFusion
+from mdnet.models.inference_copy import InferenceCopy
 from mdnet.models.prior import DiffusionPrior
 from mdnet.models.vim import VisionMamba
 
@@ -73,7 +74,7 @@ class RegressionHead(nn.Module):
         return self.net(features).squeeze(-1)
 
 
-class MDNet(nn.Module):
+class MDNet(InferenceCopy, nn.Module):
     mirror_average = True  # score_faces averages each face with its mirror image by default
     def __init__(self, cfg: MDNetConfig | str = "tiny", prior: DiffusionPrior | None = None):
         super().__init__()

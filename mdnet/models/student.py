@@ -24,7 +24,6 @@ Shapes: ``x (B, 3, 224, 224)`` normalised as ``cfg.preprocess`` says -> ``score 
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mdnet.models.config import ConfigError, PreprocessConfig, _from_dict
+from mdnet.models.inference_copy import InferenceCopy
 from mdnet.models.sface import TRUNK_UNITS, ArcFaceAlign, scale_input, sface_units
 
 STUDENT_KIND = "student"
@@ -79,7 +79,7 @@ class StudentOutput:
     embedding: torch.Tensor      # (b, head_hidden): the head's hidden layer
 
 
-class FBPStudent(nn.Module):
+class FBPStudent(InferenceCopy, nn.Module):
     """The student network. ``forward`` takes :meth:`preprocess`'s output."""
 
     mirror_average = False  # one pass per face: it is here to be fast (and was trained on mirrored faces too)
@@ -158,31 +158,11 @@ class FBPStudent(nn.Module):
         self.feature_mean.copy_(mean)
         self.feature_scale.copy_(scale)
 
-    def for_inference(self) -> FBPStudent:
-        """A copy for scoring only (what the service loads): each SFace unit's BatchNorm folded into its
-        convolution (``torch.nn.utils.fusion.fuse_conv_bn_eval``; the statistics are frozen anyway) and the
-        weights in channels-last memory. About 15 % faster a face on a CPU, the same scores to float
-        precision (``tests/models/test_student.py``); it cannot be trained or saved."""
-        from torch.nn.utils.fusion import fuse_conv_bn_eval
-
-        from mdnet.models.sface import ConvUnit
-
-        fast = copy.deepcopy(self).eval()
-        for unit in fast.modules():
-            if isinstance(unit, ConvUnit) and isinstance(unit.bn, nn.BatchNorm2d):
-                unit.conv, unit.bn = fuse_conv_bn_eval(unit.conv, unit.bn), nn.Identity()
-        fast.inference_only = True
-        return fast.to(memory_format=torch.channels_last)
-
-    inference_only = False  # True on :meth:`for_inference`'s copies
-
     def train(self, mode: bool = True) -> FBPStudent:
         """Train mode, with SFace's BatchNorm statistics frozen (eval mode): small, similar batches of faces
         would otherwise overwrite the statistics of SFace's millions of faces, and training and scoring
         would see different networks. Their scales and shifts still train."""
-        if mode and self.inference_only:
-            raise RuntimeError("this student is a copy for inference (BatchNorm folded): train the model it came from")
-        super().train(mode)
+        super().train(mode)  # refuses a copy for inference (InferenceCopy)
         for m in self.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.eval()

@@ -13,6 +13,8 @@ the student is 3.7 M parameters (about 15 MB in float32, 7.5 MB in the float16 i
 puts one linear map on the whole ``1024 x 7 x 7`` map (``pool=7``), fitted in closed form (ridge
 regression, :mod:`mdnet.training.ridge`) to the same targets; the map's per-feature mean and scale
 travel with it. Its embedding (for the uncertainty estimate) is the map's average, 1024-d.
+``head="mlp+linear"`` (``--head mlp+ridge``) has both on the same map, each fitted to the targets on
+its own, and scores their average: an ensemble of two heads at the cost of one pass through SFace.
 
 It has MD-Net's scoring interface (``preprocess``, ``forward(x) -> .score, .embedding``,
 ``cfg.preprocess``, ``cfg.score_range``, ``cfg.name``), so :func:`mdnet.models.mdnet.score_faces`
@@ -40,7 +42,8 @@ from mdnet.models.sface import TRUNK_UNITS, ArcFaceAlign, scale_input, sface_uni
 
 STUDENT_KIND = "student"
 FEATURE_CHANNELS = 1024  # SFace's conv_14
-HEADS = ("mlp", "linear")
+HEADS = ("mlp", "linear", "mlp+linear")
+WHOLE_MAP = 7  # SFace's conv_14 map is 7 x 7: the linear head of "mlp+linear" reads all of it
 
 
 @dataclass
@@ -54,7 +57,9 @@ class StudentConfig:
     head_hidden: int = 128
     head_dropout: float = 0.1
     score_range: tuple[float, float] = (1.0, 5.0)
-    head: str = "mlp"              # "mlp" (trained by gradient) or "linear" (a ridge fit; head_* unused)
+    head: str = "mlp"              # "mlp" (trained by gradient), "linear" (a ridge fit on the map pooled onto
+                                   # pool x pool cells; head_* unused) or "mlp+linear" (both, averaged; the MLP
+                                   # reads pool x pool cells, the linear map the whole 7 x 7 map)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -95,21 +100,30 @@ class FBPStudent(InferenceCopy, nn.Module):
         self.trunk = nn.Sequential(OrderedDict(units[:TRUNK_UNITS]))
         self.head_convs = nn.Sequential(OrderedDict(units[TRUNK_UNITS:]))
         width = FEATURE_CHANNELS * c.pool * c.pool
-        if c.head == "linear":
-            self.register_buffer("feature_mean", torch.zeros(width))
-            self.register_buffer("feature_scale", torch.ones(width))
-            self.linear = nn.Linear(width, 1)
+        if self.has_linear:
+            linear_width = width if c.head == "linear" else FEATURE_CHANNELS * WHOLE_MAP * WHOLE_MAP
+            self.register_buffer("feature_mean", torch.zeros(linear_width))
+            self.register_buffer("feature_scale", torch.ones(linear_width))
+            self.linear = nn.Linear(linear_width, 1)
             with torch.no_grad():
                 self.linear.weight.zero_()
                 self.linear.bias.fill_(sum(c.score_range) / 2)
-        else:
+        if self.has_mlp:
             self.hidden = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, c.head_hidden), nn.GELU(),
                                         nn.Dropout(c.head_dropout))
             self.out = nn.Linear(c.head_hidden, 1)
 
     @property
+    def has_mlp(self) -> bool:
+        return self.cfg.head in ("mlp", "mlp+linear")
+
+    @property
+    def has_linear(self) -> bool:
+        return self.cfg.head in ("linear", "mlp+linear")
+
+    @property
     def embedding_dim(self) -> int:
-        return FEATURE_CHANNELS if self.cfg.head == "linear" else self.cfg.head_hidden
+        return self.cfg.head_hidden if self.has_mlp else FEATURE_CHANNELS
 
     def preprocess(self, faces: torch.Tensor) -> torch.Tensor:
         """Aligned faces, uint8 ``(b, s, s, 3)`` or ``(b, 3, s, s)`` -> normalised input (MD-Net's own step)."""
@@ -131,28 +145,45 @@ class FBPStudent(InferenceCopy, nn.Module):
         if mode != "full" or prior_features is not None:
             raise ValueError("the student has no streams: only mode='full', without prior features")
         feats = self.feature_map(x)
-        pooled = F.adaptive_avg_pool2d(feats, self.cfg.pool).flatten(1)
         low, high = self.cfg.score_range
-        if self.cfg.head == "linear":
-            score = self.linear((pooled - self.feature_mean) * self.feature_scale).squeeze(-1)
-            return StudentOutput(score.clamp(low, high), feats.mean((2, 3)))
-        hidden = self.hidden(pooled)
-        return StudentOutput(low + (high - low) * torch.sigmoid(self.out(hidden).squeeze(-1)), hidden)
+        if self.has_linear:
+            linear = self.linear((self._linear_input(feats) - self.feature_mean) * self.feature_scale)
+            linear = linear.squeeze(-1).clamp(low, high)
+            if not self.has_mlp:
+                return StudentOutput(linear, feats.mean((2, 3)))
+        mlp, hidden = self._mlp(feats)
+        return StudentOutput((mlp + linear) / 2 if self.has_linear else mlp, hidden)
+
+    def _mlp(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        low, high = self.cfg.score_range
+        hidden = self.hidden(F.adaptive_avg_pool2d(feats, self.cfg.pool).flatten(1))
+        return low + (high - low) * torch.sigmoid(self.out(hidden).squeeze(-1)), hidden
+
+    def mlp_score(self, x: torch.Tensor) -> torch.Tensor:
+        """The MLP head's own score (what ``mdnet distill`` trains by gradient; ``forward`` for ``head="mlp"``)."""
+        if not self.has_mlp:
+            raise ValueError("this student has no MLP head")
+        return self._mlp(self.feature_map(x))[0]
+
+    def _linear_input(self, feats: torch.Tensor) -> torch.Tensor:
+        cells = self.cfg.pool if self.cfg.head == "linear" else WHOLE_MAP
+        return F.adaptive_avg_pool2d(feats, cells).flatten(1)
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         """:meth:`preprocess`'s output -> SFace's ``(B, 1024, 7, 7)`` map, what the head reads."""
         rgb = (x * self.pixel_std + self.pixel_mean) * 255
         return self.head_convs(self.trunk(scale_input(self.align(rgb))))
 
-    def pooled_features(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, 1024 x pool x pool)``: the map pooled onto the head's cells (what a ridge head is fitted on)."""
-        return F.adaptive_avg_pool2d(self.feature_map(x), self.cfg.pool).flatten(1)
+    def linear_features(self, x: torch.Tensor) -> torch.Tensor:
+        """What the linear head reads (and a ridge fit is fitted on): ``(B, 1024 x cells x cells)``, the map
+        pooled onto ``pool x pool`` cells (``head="linear"``) or the whole 7 x 7 map (``"mlp+linear"``)."""
+        return self._linear_input(self.feature_map(x))
 
     @torch.no_grad()
     def set_linear_head(self, weight: torch.Tensor, bias: float, mean: torch.Tensor, scale: torch.Tensor) -> None:
         """Install a fitted linear head: ``score = bias + weight . ((features - mean) * scale)``, clamped."""
-        if self.cfg.head != "linear":
-            raise ValueError("this student has an MLP head, not a linear one")
+        if not self.has_linear:
+            raise ValueError("this student has an MLP head only, no linear one")
         self.linear.weight.copy_(weight.view(1, -1))
         self.linear.bias.fill_(float(bias))
         self.feature_mean.copy_(mean)

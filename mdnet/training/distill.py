@@ -20,6 +20,10 @@ they measure the teacher-student agreement.
 every draw (each row of the epoch drawn once, augmented) in closed form: ridge regression, its
 strength chosen by 5-fold cross-validation over faces (:mod:`mdnet.training.ridge`); the features are
 computed by every process on its share of the draws. No steps, no ``--resume``: minutes.
+``--head mlp+ridge`` trains the MLP head by gradient (below), then fits the linear map on the whole
+7 x 7 map of the same student (its convolutions as the MLP left them: ``--freeze-units 27`` keeps
+SFace's own), each to the targets on its own; the student scores their average (an ensemble of two
+heads on one pass).
 
 The student starts from SFace's convolutions taken from the teacher's checkpoint (no other
 download), or with ``--trunk-from`` from an earlier student's (e.g. a ridge head on an MLP student's
@@ -69,7 +73,7 @@ class DistillObjective(nn.Module):
 
     def forward(self, batch: dict) -> torch.Tensor:
         x = (batch["image"] - self.student.pixel_mean) / self.student.pixel_std
-        return (self.student(x).score - batch["target"].float()).pow(2)
+        return (self.student.mlp_score(x) - batch["target"].float()).pow(2)
 
 
 def init_student(teacher_dir: Path, cfg: StudentConfig | None = None, trunk_from: Path | None = None) -> FBPStudent:
@@ -105,7 +109,8 @@ def teacher_targets(teacher, store: Path, items: list, align, name: str, progres
 
 def fit_linear_head(accelerator, student: FBPStudent, data, rows: torch.Tensor, recipe: DrawRecipe, seed: int,
                     quiet: bool) -> RidgeFit:
-    """``--head ridge``: one augmented draw of every row of ``data``, its frozen features (computed by every
+    """``--head ridge`` (and the ridge half of ``mlp+ridge``): one augmented draw of every row of ``data``, its
+    frozen features (computed by every
     process on its share), a ridge fit with the strength cross-validated over faces, installed in ``student``."""
     augs = labelled_draws(recipe)(torch.arange(len(rows)), torch.Generator().manual_seed(seed))
     student.eval()
@@ -114,7 +119,7 @@ def fit_linear_head(accelerator, student: FBPStudent, data, rows: torch.Tensor, 
         items = [data[dist.Draw(int(i), 1.0, 1, tuple(augs[int(i)]))] for i in idx]
         x = (torch.stack([it["image"] for it in items]) - student.pixel_mean) / student.pixel_std
         with torch.no_grad():
-            return [student.pooled_features(x), torch.stack([it["target"] for it in items]).float()]
+            return [student.linear_features(x), torch.stack([it["target"] for it in items]).float()]
 
     feats, targets = dist.sharded_map(accelerator, features, len(rows), batch_size=32,
                                       desc=None if quiet else "features of the draws")
@@ -155,17 +160,25 @@ def student_card(summary: dict, recipe: dict, name: str) -> str:
     command = "mdnet distill " + " ".join(
         f"--{k.replace('_', '-')} {val}" for k, val in recipe.items() if val is not None and val is not False)
     ridge = summary.get("ridge")
-    if ridge:
-        design = ("SFace's face-recognition convolutions, frozen, on the face re-aligned to 112 px, and one\n"
-                  "linear map of their whole 1024 x 7 x 7 map (ridge regression in closed form); 3.3 M parameters,\n"
-                  "the convolutions stored in float16, the linear map in float32")
-        training = (f"A ridge fit on {ridge['draws']} draws (one each), strength {ridge['alpha']:g} chosen by 5-fold "
-                    f"cross-validation over faces (held-out mean squared error {summary['final_loss']:.4f}),")
-    else:
-        design = ("SFace's face-recognition convolutions on the face re-aligned\nto 112 px, pooled onto 2 x 2 "
+    mlp_design = ("SFace's face-recognition convolutions on the face re-aligned\nto 112 px, pooled onto 2 x 2 "
                   "cells, and an MLP; 3.75 M parameters stored in float16")
-        training = (f"{summary['steps']} steps of {recipe['batch_size']}, final training loss "
-                    f"{summary['final_loss']:.4f},")
+    ridge_design = ("SFace's face-recognition convolutions, frozen, on the face re-aligned to 112 px, and one\n"
+                    "linear map of their whole 1024 x 7 x 7 map (ridge regression in closed form); 3.3 M parameters,\n"
+                    "the convolutions stored in float16, the linear map in float32")
+    ridge_fit = (f"A ridge fit on {ridge['draws']} draws (one each), strength {ridge['alpha']:g} chosen by 5-fold "
+                 f"cross-validation over faces (held-out mean squared error "
+                 f"{ridge['cv_mse'][format(ridge['alpha'], 'g')]:.4f}),") if ridge else ""
+    mlp_fit = f"{summary['steps']} steps of {recipe['batch_size']}, final training loss {summary['final_loss']:.4f},"
+    if ridge and summary["steps"]:
+        design = ("SFace's face-recognition convolutions on the face re-aligned to 112 px, read by two heads whose\n"
+                  "scores are averaged: an MLP on the map pooled onto 2 x 2 cells and one linear map of the whole\n"
+                  "1024 x 7 x 7 map (ridge regression in closed form); 3.8 M parameters, the convolutions and\n"
+                  "the MLP stored in float16, the linear map in float32")
+        training = f"The MLP: {mlp_fit} then the linear map: {ridge_fit[0].lower()}{ridge_fit[1:]}"
+    elif ridge:
+        design, training = ridge_design, ridge_fit
+    else:
+        design, training = mlp_design, mlp_fit
     agreement = (f"On {f['holdout']} unlabeled in-the-wild faces it never trained on, its scores correlate "
                  f"{h['teacher_corr']:.3f} with the teacher's (mean absolute difference {h['teacher_mae']:.3f})."
                  if h else "")
@@ -249,9 +262,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     parser.add_argument("--freeze-units", type=int, default=11,
                         help="SFace conv units kept as initialised, from the input (11: up to 28 x 28 px, where "
                              "most of the backward time goes on a CPU); 0 trains all 27")
-    parser.add_argument("--head", choices=("mlp", "ridge"), default="mlp",
+    parser.add_argument("--head", choices=("mlp", "ridge", "mlp+ridge"), default="mlp",
                         help="mlp: SFace's last units and an MLP trained by gradient (--epochs, --lr, ...); ridge: "
-                             "SFace frozen, one linear map of its whole 7 x 7 map fitted in closed form")
+                             "SFace frozen, one linear map of its whole 7 x 7 map fitted in closed form; mlp+ridge: "
+                             "both on the same map, their scores averaged (--freeze-units 27: on SFace's own map)")
     parser.add_argument("--trunk-from", default=None,
                         help="start SFace's convolutions from this student checkpoint instead of the teacher's "
                              "copy (e.g. a ridge head on an MLP student's distilled convolutions; overrides --init)")
@@ -327,11 +341,14 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     sampler = dist.GlobalBatches(len(rows), args.batch_size, args.seed, labelled_draws(recipe), drop_last=True,
                                  shards=dist.shards(accelerator))
     steps = 0 if args.head == "ridge" else max(1, round(args.epochs * sampler.batches_per_epoch()))
+    with_ridge = args.head in ("ridge", "mlp+ridge")
     accelerator.print(f"distilling on {len(rows)} draws per epoch ({len(train)} labelled faces x "
                       f"{args.labelled_repeat}, {len(train_unl)} unlabeled), "
-                      + ("a ridge fit" if steps == 0 else f"{steps} steps of {args.batch_size}"))
+                      + ("a ridge fit" if steps == 0 else f"{steps} steps of {args.batch_size}")
+                      + (" and a ridge fit" if steps and with_ridge else ""))
     torch.manual_seed(args.seed)
-    cfg = StudentConfig(head="linear", pool=7) if args.head == "ridge" else StudentConfig()
+    cfg = {"ridge": StudentConfig(head="linear", pool=7), "mlp+ridge": StudentConfig(head="mlp+linear")}.get(
+        args.head, StudentConfig())
     try:
         if args.trunk_from:
             student = init_student(teacher_dir, cfg, resolve_checkpoint(args.trunk_from))
@@ -354,15 +371,15 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     accelerator.wait_for_everyone()
     dist.seed_per_process(accelerator, args.seed)
     t1 = time.time()
-    ridge = None
-    if args.head == "ridge":
-        ridge = fit_linear_head(accelerator, student, data, rows, recipe, args.seed, quiet)
-        losses = [ridge.cv_mse[ridge.alpha]]
-    else:
+    ridge, losses = None, []
+    if steps:
         losses, objective = fit(accelerator, "student", DistillObjective(student), data, sampler, steps, args.lr,
                                 args.weight_decay, 0.1, clip=1.0, state_dir=out / "state",
                                 save_every_s=args.save_every_minutes * 60)
         student = objective.student
+    if with_ridge:
+        ridge = fit_linear_head(accelerator, student, data, rows, recipe, args.seed, quiet)
+        losses = losses or [ridge.cv_mse[ridge.alpha]]
     train_minutes = (time.time() - t1) / 60
     summary: dict = {}
     if accelerator.is_main_process:

@@ -106,3 +106,27 @@ def test_the_copy_for_inference_scores_the_same_and_cannot_be_trained_or_saved(t
         fast.train()
     with pytest.raises(CheckpointError, match="copy for inference"):
         fast.save_pretrained(tmp_path / "fast")
+
+
+def test_two_heads_score_the_average_of_the_mlp_and_the_linear_map_of_the_whole_map(tmp_path):
+    torch.manual_seed(2)
+    both = FBPStudent(StudentConfig(head="mlp+linear")).eval()
+    x = both.preprocess(crops(3, seed=4))
+    with torch.no_grad():
+        feats = both.linear_features(x)
+        assert feats.shape == (3, 1024 * 7 * 7)  # the whole map, whatever the MLP's pool
+        weight = torch.randn(feats.shape[1]) * 1e-3
+        mean, scale = feats.mean(0), 1 / feats.std(0).clamp_min(1e-3)
+        both.set_linear_head(weight, 3.1, mean, scale)
+        linear = (3.1 + ((feats - mean) * scale) @ weight).clamp(1, 5)
+        out = both(x)
+        torch.testing.assert_close(out.score, (both.mlp_score(x) + linear) / 2)
+    assert not torch.allclose(out.score, linear)  # the MLP counts
+    assert out.embedding.shape == (3, both.embedding_dim) == (3, 128)  # the MLP's hidden layer
+    again = load_checkpoint(both.save_pretrained(tmp_path / "both"))
+    assert again.cfg.head == "mlp+linear"
+    torch.testing.assert_close(score_faces(again, crops(3, seed=4)).score, out.score, atol=3e-3, rtol=0)
+    with pytest.raises(ValueError, match="no MLP head"):
+        FBPStudent(StudentConfig(head="linear", pool=7)).mlp_score(x)
+    with pytest.raises(ValueError, match="no linear one"):
+        FBPStudent().set_linear_head(weight, 3.0, mean, scale)

@@ -170,3 +170,19 @@ def test_a_ridge_head_can_read_an_earlier_students_convolutions(data, run):
         "trunk_from"] == run["checkpoint"]
     with pytest.raises(SystemExit):  # not a student checkpoint
         distill.main(args(data, "bad-trunk", "--head", "ridge", "--trunk-from", data["teacher"]))
+
+
+def test_mlp_and_ridge_heads_are_trained_each_on_its_own_and_averaged(data, run):
+    both = distill.main(args(data, "both", "--head", "mlp+ridge", "--freeze-units", "11"))
+    assert both["steps"] == run["steps"] and both["ridge"]["draws"] == 3 * both["faces"]["labelled"] + 6
+    losses = json.loads((data["root"] / "both" / "losses.json").read_text())
+    assert np.mean(losses[-3:]) < 0.3 * np.mean(losses[:3])  # the MLP learned, by gradient
+    student = MDNet.from_pretrained(both["checkpoint"]).eval()
+    assert student.cfg.head == "mlp+linear" and both["size_mb"] < 10
+    assert float(student.linear.weight.abs().sum()) > 0  # fitted after the MLP, on the same map
+    faces = torch.randint(0, 256, (3, 3, 224, 224), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        x = student.preprocess(faces)
+        mlp = student.mlp_score(x)
+    assert not torch.allclose(student(x).score, mlp)  # the linear map takes part in the score
+    assert "two heads" in (Path(both["checkpoint"]) / "README.md").read_text()

@@ -104,7 +104,7 @@ class FBPStudent(InferenceCopy, nn.Module):
             linear_width = width if c.head == "linear" else FEATURE_CHANNELS * WHOLE_MAP * WHOLE_MAP
             self.register_buffer("feature_mean", torch.zeros(linear_width))
             self.register_buffer("feature_scale", torch.ones(linear_width))
-            self.linear = nn.Linear(linear_width, 1)
+            self.linear = nn.Linear(linear_width, 1).requires_grad_(False)  # fitted in closed form, never by gradient
             with torch.no_grad():
                 self.linear.weight.zero_()
                 self.linear.bias.fill_(sum(c.score_range) / 2)

@@ -186,3 +186,11 @@ def test_mlp_and_ridge_heads_are_trained_each_on_its_own_and_averaged(data, run)
         mlp = student.mlp_score(x)
     assert not torch.allclose(student(x).score, mlp)  # the linear map takes part in the score
     assert "two heads" in (Path(both["checkpoint"]) / "README.md").read_text()
+
+
+def test_two_processes_train_both_heads(data):
+    """The linear map takes no gradient while the MLP trains (DDP would refuse a parameter left unused)."""
+    done = launch_two(data, *args(data, "both-two", "--head", "mlp+ridge", "--epochs", "1"))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    two = json.loads((data["root"] / "both-two" / "summary.json").read_text())
+    assert two["processes"] == 2 and two["steps"] > 0 and two["ridge"]["draws"] > 0

@@ -101,7 +101,7 @@ class FBPStudent(InferenceCopy, nn.Module):
         self.head_convs = nn.Sequential(OrderedDict(units[TRUNK_UNITS:]))
         width = FEATURE_CHANNELS * c.pool * c.pool
         if self.has_linear:
-            linear_width = width if c.head == "linear" else FEATURE_CHANNELS * WHOLE_MAP * WHOLE_MAP
+            linear_width = FEATURE_CHANNELS * self.linear_cells * self.linear_cells
             self.register_buffer("feature_mean", torch.zeros(linear_width))
             self.register_buffer("feature_scale", torch.ones(linear_width))
             self.linear = nn.Linear(linear_width, 1).requires_grad_(False)  # fitted in closed form, never by gradient
@@ -120,6 +120,11 @@ class FBPStudent(InferenceCopy, nn.Module):
     @property
     def has_linear(self) -> bool:
         return self.cfg.head in ("linear", "mlp+linear")
+
+    @property
+    def linear_cells(self) -> int:
+        """The linear head reads the map pooled onto ``linear_cells x linear_cells`` cells."""
+        return self.cfg.pool if self.cfg.head == "linear" else WHOLE_MAP
 
     @property
     def embedding_dim(self) -> int:
@@ -146,13 +151,15 @@ class FBPStudent(InferenceCopy, nn.Module):
             raise ValueError("the student has no streams: only mode='full', without prior features")
         feats = self.feature_map(x)
         low, high = self.cfg.score_range
+        scores = []
         if self.has_linear:
             linear = self.linear((self._linear_input(feats) - self.feature_mean) * self.feature_scale)
-            linear = linear.squeeze(-1).clamp(low, high)
-            if not self.has_mlp:
-                return StudentOutput(linear, feats.mean((2, 3)))
-        mlp, hidden = self._mlp(feats)
-        return StudentOutput((mlp + linear) / 2 if self.has_linear else mlp, hidden)
+            scores.append(linear.squeeze(-1).clamp(low, high))
+            embedding = feats.mean((2, 3))
+        if self.has_mlp:
+            mlp, embedding = self._mlp(feats)  # the MLP's hidden layer is the embedding when there is one
+            scores.append(mlp)
+        return StudentOutput(sum(scores) / len(scores), embedding)
 
     def _mlp(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         low, high = self.cfg.score_range
@@ -166,8 +173,7 @@ class FBPStudent(InferenceCopy, nn.Module):
         return self._mlp(self.feature_map(x))[0]
 
     def _linear_input(self, feats: torch.Tensor) -> torch.Tensor:
-        cells = self.cfg.pool if self.cfg.head == "linear" else WHOLE_MAP
-        return F.adaptive_avg_pool2d(feats, cells).flatten(1)
+        return F.adaptive_avg_pool2d(feats, self.linear_cells).flatten(1)
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         """:meth:`preprocess`'s output -> SFace's ``(B, 1024, 7, 7)`` map, what the head reads."""

@@ -110,8 +110,8 @@ def teacher_targets(teacher, store: Path, items: list, align, name: str, progres
 def fit_linear_head(accelerator, student: FBPStudent, data, rows: torch.Tensor, recipe: DrawRecipe, seed: int,
                     quiet: bool) -> RidgeFit:
     """``--head ridge`` (and the ridge half of ``mlp+ridge``): one augmented draw of every row of ``data``, its
-    frozen features (computed by every
-    process on its share), a ridge fit with the strength cross-validated over faces, installed in ``student``."""
+    frozen features (computed by every process on its share), a ridge fit with the strength cross-validated
+    over faces, installed in ``student``."""
     augs = labelled_draws(recipe)(torch.arange(len(rows)), torch.Generator().manual_seed(seed))
     student.eval()
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import io
 import logging
 import os
 import shutil
@@ -30,6 +31,9 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+import numpy as np
+from gradio import processing_utils
+from gradio.utils import get_upload_folder
 from PIL import Image
 from starlette.middleware import Middleware
 
@@ -79,6 +83,41 @@ except ImportError:
 
     def gpu(fn):
         return fn
+
+
+def result_file(image: np.ndarray | None, fmt: str = "png") -> Path | None:
+    """An image for an output component, written into Gradio's file cache whole: its path (None for None).
+
+    Gradio names a result image by the hash of its bytes and rewrites that file in place on every request
+    (truncate, then write), so two requests that draw the same image (the same photo twice, an example)
+    can cut a download of it short: the client gets fewer bytes than the ``Content-Length`` it was
+    promised. Here the image is encoded once, written under a temporary name and renamed into place
+    only if absent (as Gradio already does for files it copies, and it finds this one in place: same
+    folder, same name); an image already there is touched, so the cache's clean-up ages it from its
+    latest use.
+    """
+    if image is None:
+        return None
+    picture = Image.fromarray(np.asarray(image, dtype=np.uint8))
+    buffer = io.BytesIO()
+    picture.save(buffer, format=fmt)
+    data = buffer.getvalue()
+    folder = Path(get_upload_folder()) / processing_utils.hash_bytes(data)  # Gradio's own name for it
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"image.{fmt}"
+    if path.exists():
+        with contextlib.suppress(OSError):
+            os.utime(path)
+        return path
+    fd, staging = tempfile.mkstemp(dir=folder, prefix=".image.")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.replace(staging, path)
+    except BaseException:
+        Path(staging).unlink(missing_ok=True)
+        raise
+    return path
 
 
 def _free(folder: Path) -> int:
@@ -293,8 +332,8 @@ def _panel(report: service.PhotoAnalysis | service.PhotoScore | None, view: str)
         return ["", None, None, None, None, None, "", None]
     if isinstance(report, service.PhotoScore):
         face = report.face_view() if view == "crop" else report.photo_view()
-        return [score_markdown(report), face, None, None, None, None, "", report.to_json()]
-    views = report.views(view)
+        return [score_markdown(report), result_file(face), None, None, None, None, "", report.to_json()]
+    views = {name: result_file(image) for name, image in report.views(view).items()}
     text = f"{report.ablation_text()}\n\n{report.regions_text()}"
     return [score_markdown(report.result), views["face"], views["attention"], views["ig"], report.ablation_figure(),
             report.regions_figure(), text, report.to_json()]
@@ -471,7 +510,7 @@ class Handlers:
             report = self._analyze(_photo_source(photo), index, steps)
         except Exception as exc:
             raise _api_error(exc) from None
-        images = report.views(view)
+        images = {name: result_file(image) for name, image in report.views(view).items()}
         return report.to_json(), images["face"], images["attention"], images["ig"]
 
 

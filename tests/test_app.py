@@ -6,17 +6,26 @@ The handlers are plain methods (``app.Handlers``), called here without a server 
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import gradio as gr
 import numpy as np
 import pytest
+from gradio.utils import get_upload_folder
+from PIL import Image
 from test_service import astronaut, make_checkpoint
 
 import app
 from mdnet import service
 
 EXAMPLES = Path(app.__file__).resolve().parent / "assets" / "examples"
+
+
+def shown(image: Path) -> np.ndarray:
+    """The pixels of a result image as the handlers hand it to Gradio: a PNG file in Gradio's cache."""
+    assert image.suffix == ".png" and image.parent.parent == Path(get_upload_folder())
+    return np.asarray(Image.open(image))
 
 
 def payload(path: Path) -> dict:
@@ -88,7 +97,7 @@ def test_upload_gives_a_quick_score_then_every_panel(handlers):
     quick = handlers.new_photo(payload(EXAMPLES / "astronaut.jpg"), "crop")
     message, dropdown, state, ok, score_md, face, *rest = quick
     assert ok and isinstance(state, service.PhotoScore) and "Scored" in message
-    assert score_md.startswith("## ") and face.shape == (service.CROP_DISPLAY, service.CROP_DISPLAY, 3)
+    assert score_md.startswith("## ") and shown(face).shape == (service.CROP_DISPLAY, service.CROP_DISPLAY, 3)
     i = state.interval  # the calibrated interval, in the words of the page
     assert f"Likely between **{i.low:.1f}** and **{i.high:.1f}**" in score_md and "90 % range" in score_md
     assert (service.UNUSUAL_SENTENCE in score_md) is i.unusual
@@ -98,13 +107,13 @@ def test_upload_gives_a_quick_score_then_every_panel(handlers):
     message, report, score_md, face, attention, ig, ablation, regions, text, numbers = full
     assert isinstance(report, service.PhotoAnalysis) and message == ""
     assert report.result.aligned is state.aligned  # the face the quick step found, not a second detection
-    assert attention.shape == ig.shape == face.shape
+    assert shown(attention).shape == shown(ig).shape == shown(face).shape
     assert ablation.axes and regions.axes and "alone" in text
     assert numbers["integrated_gradients"]["n_steps"] == 4
     # the overlays move to the photo and back without touching the model
     on_photo = handlers.change_view(report, "photo")
-    assert all(img.shape == (512, 512, 3) for img in on_photo)
-    assert handlers.change_view(report, "crop")[0].shape == face.shape
+    assert all(shown(img).shape == (512, 512, 3) for img in on_photo)
+    assert shown(handlers.change_view(report, "crop")[0]).shape == shown(face).shape
     assert all(v is gr.skip() or isinstance(v, dict) for v in handlers.change_view(None, "photo"))
 
 
@@ -127,7 +136,7 @@ def test_another_face_is_scored_from_memory_after_the_upload_is_gone(handlers, t
     message, dropdown, second, ok, score_md, face, *_ = handlers.pick_face(first, 1, "photo")
     assert ok and second.face_index == 1 and "showing Face 2" in message and dropdown == gr.skip()
     assert second.score == pytest.approx(direct.score, abs=1e-5)  # the same crop as a fresh detection
-    assert face.shape[2] == 3
+    assert shown(face).shape[2] == 3
     # the report of the full analysis works as well as the quick result, and a missing face is a message
     message, *_ = handlers.pick_face(first, 5, "crop")
     assert "Face number 6" in message
@@ -188,7 +197,7 @@ def test_live_scoring_and_freezing_a_frame(handlers):
     assert "Start the camera" in message and report is None
     message, report, score_md, face, attention, ig, *_ = handlers.freeze(frame, "crop", 4,
                                                                           progress=lambda *a, **k: None)
-    assert isinstance(report, service.PhotoAnalysis) and ig.shape == face.shape
+    assert isinstance(report, service.PhotoAnalysis) and shown(ig).shape == shown(face).shape
 
 
 def test_the_live_score_comes_from_the_student_and_the_analysis_from_md_net(status, tmp_path):
@@ -279,7 +288,8 @@ def test_the_api_handlers_return_json_and_images(handlers):
     result = handlers.api_score(payload(EXAMPLES / "two_faces.jpg"), 1)
     assert result["face_index"] == 1 and result["faces_found"] == 2 and 0 <= result["percentile"] <= 100
     numbers, face, attention, ig = handlers.api_analyze(payload(EXAMPLES / "astronaut.jpg"), 0, 2, "photo")
-    assert numbers["integrated_gradients"]["n_steps"] == 2 and face.shape == attention.shape == ig.shape
+    assert numbers["integrated_gradients"]["n_steps"] == 2
+    assert shown(face).shape == shown(attention).shape == shown(ig).shape
     json.dumps(numbers)
 
 
@@ -310,3 +320,34 @@ def test_closing_the_page_drops_its_state_at_once(status):
     assert state._id not in holder.session_data["page-1"].state_data and "page-1" not in demo.handlers.live_seen
     assert holder.session_data["page-2"].state_data[state._id] == "another page's results"
     assert any(t[1] == "unload" for fn in demo.fns.values() for t in fn.targets)  # wired to the page's close
+
+
+def test_result_images_reach_the_cache_whole_while_the_same_image_is_drawn_again(tmp_path, monkeypatch):
+    """Two requests that draw the same image must not cut a download of it short (a flaky API test saw it:
+    Gradio rewrites a result image in place; with its save_img_array_to_cache here, this test fails)."""
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))
+    pixels = np.random.default_rng(0).integers(0, 256, (300, 300, 3), dtype=np.uint8)  # ~270 kB of PNG
+    path = app.result_file(pixels)
+    whole = path.read_bytes()
+    assert path.parent.parent == tmp_path and np.array_equal(np.asarray(Image.open(path)), pixels)
+    stop, short_reads = threading.Event(), []
+
+    def draw_again():
+        while not stop.is_set():
+            assert app.result_file(pixels) == path
+
+    writers = [threading.Thread(target=draw_again) for _ in range(4)]
+    for w in writers:
+        w.start()
+    try:
+        for _ in range(3000):
+            read = path.read_bytes()
+            if read != whole:
+                short_reads.append(len(read))
+    finally:
+        stop.set()
+        for w in writers:
+            w.join()
+    assert not short_reads, f"{len(short_reads)} of 3000 reads saw a partial file (sizes {short_reads[:5]})"
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no staging file left behind
+    assert app.result_file(None) is None

@@ -20,6 +20,10 @@ The recipe (every random choice is the sampler's, per draw: :mod:`mdnet.training
   and, with ``--teacher CHECKPOINT``, distillation of the teacher's cached scores
   (:mod:`mdnet.training.unlabeled_loss`, :mod:`mdnet.training.teacher_scores`).
 
+- ``--init-from CHECKPOINT --train-parts fusion,head``: start from a trained MD-Net (all its weights,
+  its prior and configuration) and train only the named parts; the others stay fixed, in eval mode.
+  A short second stage that retrains how a model fuses its streams, e.g. under more stream dropout.
+
 The old behaviour, for ablations: ``--camera-augment none --stream-dropout 0`` (and no
 ``--unlabeled``). Resumable (``--resume``) from the state saved after every epoch, on any number
 of processes; seeded. Writes ``OUTPUT/history.{json,csv}``, ``OUTPUT/history.png``,
@@ -48,7 +52,7 @@ from tqdm import tqdm
 
 from mdnet.faces.augment import CameraAugment
 from mdnet.faces.scut import ScutFBP5500, aligned_faces, stratified_split
-from mdnet.models.checkpoint import save_checkpoint
+from mdnet.models.checkpoint import load_checkpoint, save_checkpoint
 from mdnet.models.config import get_config
 from mdnet.models.mdnet import MDNet
 from mdnet.models.prior import DiffusionPrior
@@ -78,6 +82,17 @@ from mdnet.training.prior_cache import (
 )
 from mdnet.training.stems import PRETRAINED_STEMS, frozen_stem_layers_eval, init_stem
 from mdnet.training.teacher_scores import load_unlabeled, teacher_scores, teacher_size
+
+TRAIN_PARTS = ("vim", "fusion", "head")  # what can learn; the prior is always fixed
+
+
+def load_trained(path: str) -> MDNet:
+    """A trained MD-Net checkpoint to train further (``--init-from``): the saved model, every weight trainable
+    except what its own modules keep fixed (the prior, a frozen identity network), in train mode."""
+    model = load_checkpoint(path)
+    if not isinstance(model, MDNet):
+        raise ValueError(f"--init-from needs an MD-Net checkpoint; {path} holds a {type(model).__name__}")
+    return model.train()
 
 
 def build_model(preset: str, prior_dir: str | None, stem_weights: str | None, vim_init: str | None = None) -> MDNet:
@@ -151,7 +166,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     parser.add_argument("--data-root", required=True)
     parser.add_argument("--split", default="60-40/train", help="training list; a validation part is carved from it")
     parser.add_argument("--val-fraction", type=float, default=0.1)
-    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--preset", default=None, help="model configuration (default: tiny; not with --init-from)")
+    parser.add_argument("--init-from", default=None,
+                        help="start from this trained MD-Net checkpoint: its configuration, prior and every weight "
+                             "(not with --preset, --prior or --vim-init)")
+    parser.add_argument("--train-parts", default=",".join(TRAIN_PARTS),
+                        help=f"which of {', '.join(TRAIN_PARTS)} learn (comma-separated); the others are fixed")
     parser.add_argument("--prior", default=None, help="folder from mdnet.training.pretrain_prior (unet/, vae/)")
     parser.add_argument("--stem-weights", default="auto",
                         help="torchvision ImageNet MobileNetV2 weights (.pth) for a mobilenet_v2 stem; 'auto': the "
@@ -182,6 +202,13 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     camera_on = args.camera_augment != "none"
     if args.teacher and not args.unlabeled:
         parser.error("--teacher needs --unlabeled: the faces whose teacher scores are distilled")
+    if args.init_from and (args.preset or args.prior or args.vim_init):
+        parser.error("--init-from brings its own configuration, prior and Vim: drop --preset, --prior and --vim-init")
+    args.preset = args.preset or (None if args.init_from else "tiny")
+    parts = [part.strip() for part in args.train_parts.split(",") if part.strip()]
+    if not parts or any(part not in TRAIN_PARTS for part in parts):
+        parser.error(f"--train-parts takes a comma-separated subset of {', '.join(TRAIN_PARTS)}, got "
+                     f"{args.train_parts!r}")
     if args.photo_variants < 0:
         parser.error(f"--photo-variants must be >= 0, got {args.photo_variants}")
     try:
@@ -201,8 +228,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     ds = ScutFBP5500(args.data_root)
     train, val = stratified_split(ds.split(args.split), args.val_fraction, args.seed)
     with dist.shared_work_first(accelerator):  # hub downloads (paper preset) and the alignment cache, once
-        model = build_model(args.preset, args.prior, None, args.vim_init).to(accelerator.device)
-        if not args.vim_init:
+        if args.init_from:
+            model = load_trained(args.init_from).to(accelerator.device)
+        else:
+            model = build_model(args.preset, args.prior, None, args.vim_init).to(accelerator.device)
+        if not (args.vim_init or args.init_from):
             init_stem(model.vim, args.stem_weights, args.freeze_stem_layers)
         size = model.cfg.preprocess.image_size
         faces_tr, bad_tr = aligned_faces(train, size, args.cache)
@@ -210,8 +240,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
         if args.unlabeled:  # photos without a usable face are dropped (and reported)
             unlabeled = load_unlabeled(args.unlabeled, size, args.cache, args.unlabeled_limit or None, args.seed,
                                        teacher_size(args.teacher) if args.teacher else None)
-    if args.vim_init and model.cfg.vim.stem in PRETRAINED_STEMS and args.freeze_stem_layers:
+    if (args.vim_init or args.init_from) and model.cfg.vim.stem in PRETRAINED_STEMS and args.freeze_stem_layers:
         stem_layers(model.vim)[: args.freeze_stem_layers].requires_grad_(False)
+    fixed = [getattr(model, part).requires_grad_(False) for part in TRAIN_PARTS if part not in parts]
     y_tr = torch.tensor([s.score for s in train])
     variants = photo_variants(train, faces_tr, recipe.variants, args.cache, accelerator=accelerator) \
         if recipe.variants else None
@@ -321,6 +352,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     for epoch in range(len(history), args.epochs):
         model.train()
         frozen_stem_layers_eval(raw.vim, args.freeze_stem_layers)
+        for module in fixed:
+            module.eval()
         loader.set_epoch(epoch)
         if uloader is not None:
             uloader.set_epoch(epoch)

@@ -124,3 +124,21 @@ def test_bad_recipes_are_usage_errors(setup, tmp_path):
         with pytest.raises(SystemExit) as err:
             train.main(bad + ["--output", str(tmp_path / "x")])
         assert err.value.code == 2
+
+
+def test_a_second_stage_trains_only_the_named_parts_of_a_trained_model(setup, straight, tmp_path):
+    _, work, args = setup
+    i = args.index("--preset")
+    stage = args[:i] + args[i + 2 :] + ["--init-from", str(work / "straight-ckpt"), "--train-parts", "fusion,head"]
+    summary = train.main(stage + ["--epochs", "1", "--output", str(tmp_path / "run"),
+                                  "--checkpoint-out", str(tmp_path / "ckpt")])
+    assert summary["options"]["init_from"] == str(work / "straight-ckpt")
+    before = load_file(work / "straight-ckpt" / "model.safetensors")
+    after = load_file(tmp_path / "ckpt" / "model.safetensors")
+    learnt = {k for k in before if not torch.equal(before[k], after[k])}
+    assert learnt and all(k.startswith(("fusion.", "head.", "vim_reference", "prior_reference")) for k in learnt)
+    assert any(k.startswith("fusion.") for k in learnt) and any(k.startswith("head.") for k in learnt)
+    for bad in (stage + ["--preset", "micro"], stage[:-1] + ["fusion,stem"]):
+        with pytest.raises(SystemExit) as err:
+            train.main(bad + ["--output", str(tmp_path / "x")])
+        assert err.value.code == 2

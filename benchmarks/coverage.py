@@ -69,7 +69,7 @@ def statistics(args) -> dict[str, np.ndarray]:
     path = Path(args.cache) / f"coverage-{file_sha256(folder / WEIGHTS_NAME)[:16]}-v{args.augment_views}.npz"
     if path.is_file():
         return dict(np.load(path))
-    model = load_checkpoint(folder)
+    model = load_checkpoint(folder).for_inference()
     stats = split_statistics(model, args.data_root, args.cache)
     if args.augment_views > 1:
         stats["val_augment"] = augment_spread(model, args.data_root, args.augment_views, args.cache)

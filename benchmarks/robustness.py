@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     checkpoints = args.checkpoint or [DEFAULT_CHECKPOINT]
     if len(set(checkpoints)) != len(checkpoints):
         ap.error("the same --checkpoint is given twice")
-    models = {c: load_checkpoint(c) for c in checkpoints}
+    models = {c: load_checkpoint(c).for_inference() for c in checkpoints}  # as the app serves them
     items = validation_photos(args.data_root, args.limit, args.seed)
     photos = ((name, load_rgb(path)) for name, path in items)
     report = measure_robustness(models, photos, total=len(items))

@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
     checkpoints = args.checkpoint or [DEFAULT_CHECKPOINT]
     if len(set(checkpoints)) != len(checkpoints):
         ap.error("the same --checkpoint is given twice")
-    models = {c: load_checkpoint(c, device="cpu").eval() for c in checkpoints}
+    models = {c: load_checkpoint(c, device="cpu").for_inference() for c in checkpoints}  # as the app serves them
     hashes = {c: file_sha256(resolve_checkpoint(c) / WEIGHTS_NAME) for c in checkpoints}
     sizes = sorted({m.cfg.preprocess.image_size for m in models.values()})
     rejects = set().union(*(known_rejects(args.cache, s) for s in sizes))

@@ -46,6 +46,7 @@ def evaluate(checkpoint: str, data_root: str, split: str, cache: str | None = "c
     shared = dist.shared_work_first(accelerator) if accelerator is not None else nullcontext()
     with shared:  # a hub download and the alignment cache, once
         model = load_checkpoint(checkpoint, device=accelerator.device if accelerator else default_device())
+        model = model.for_inference()  # what the app serves (BatchNorm folded): the same scores, faster
         faces, unaligned = aligned_faces(samples, model.cfg.preprocess.image_size, cache)
     targets, groups = [s.score for s in samples], [s.group for s in samples]
     result: dict = {}

@@ -72,7 +72,7 @@ def teacher_scores(accelerator: Accelerator, teacher: str | Path, faces: torch.T
     known = load_scores(store) if store is not None else {}
     todo = broadcast_object_list([[i for i, name in enumerate(names) if name not in known]])[0]
     if todo:
-        model = MDNet.from_pretrained(directory, device=accelerator.device)
+        model = MDNet.from_pretrained(directory, device=accelerator.device).for_inference()
         if model.cfg.preprocess.image_size != faces.shape[-1]:
             raise ValueError(f"teacher {teacher} scores {model.cfg.preprocess.image_size} px crops, "
                              f"got {faces.shape[-1]} px")

@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> Uncertainty:
             parser.error(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     folder = resolve_checkpoint(args.checkpoint)
-    model = load_checkpoint(folder, device=default_device())
+    model = load_checkpoint(folder, device=default_device()).for_inference()
     stats = split_statistics(model, args.data_root, args.cache or None, args.val_fraction, args.seed)
     n_val = len(stats["val_target"])
     source = (f"{n_val} validation faces of SCUT-FBP5500 (stratified {args.val_fraction:g} of 60-40/train, "

@@ -82,8 +82,10 @@ def calibrate_sharded(accelerator: Accelerator, model: MDNet, faces: torch.Tenso
     model.eval()
     with accelerator.split_between_processes(list(range(len(faces)))) as part:
         lo, hi = (part[0], part[-1] + 1) if part else (0, 0)
-    count = model.calibrate_references(model.preprocess(faces[i : min(i + batch, hi)])
-                                       for i in range(lo, hi, batch)) if hi > lo else 0
+    starts = tqdm(range(lo, hi, batch), desc=f"stream references ({hi - lo} faces)", unit="batch",
+                  disable=not accelerator.is_local_main_process)
+    batches = (model.preprocess(faces[i : min(i + batch, hi)]) for i in starts)
+    count = model.calibrate_references(batches) if hi > lo else 0
     if accelerator.num_processes > 1:
         total = dist.reduce_sum(accelerator, float(count))
         for ref in [model.vim_reference, *model.prior_references]:

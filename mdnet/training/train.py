@@ -54,6 +54,7 @@ from mdnet.faces.augment import CameraAugment
 from mdnet.faces.scut import ScutFBP5500, aligned_faces, stratified_split
 from mdnet.models.checkpoint import load_checkpoint, save_checkpoint
 from mdnet.models.config import get_config
+from mdnet.models.files import CheckpointError
 from mdnet.models.mdnet import MDNet
 from mdnet.models.prior import DiffusionPrior
 from mdnet.models.taef2 import DEFAULT_TAEF2_DIR
@@ -229,7 +230,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     train, val = stratified_split(ds.split(args.split), args.val_fraction, args.seed)
     with dist.shared_work_first(accelerator):  # hub downloads (paper preset) and the alignment cache, once
         if args.init_from:
-            model = load_trained(args.init_from).to(accelerator.device)
+            try:
+                model = load_trained(args.init_from).to(accelerator.device)
+            except (CheckpointError, OSError, ValueError) as err:  # no checkpoint there, or not an MD-Net one
+                parser.error(f"--init-from {args.init_from}: {err}")
         else:
             model = build_model(args.preset, args.prior, None, args.vim_init).to(accelerator.device)
         if not (args.vim_init or args.init_from):

@@ -138,7 +138,9 @@ def test_a_second_stage_trains_only_the_named_parts_of_a_trained_model(setup, st
     learnt = {k for k in before if not torch.equal(before[k], after[k])}
     assert learnt and all(k.startswith(("fusion.", "head.", "vim_reference", "prior_reference")) for k in learnt)
     assert any(k.startswith("fusion.") for k in learnt) and any(k.startswith("head.") for k in learnt)
-    for bad in (stage + ["--preset", "micro"], stage[:-1] + ["fusion,stem"]):
+    at = stage.index("--init-from") + 1
+    missing = stage[:at] + [str(tmp_path / "nothing")] + stage[at + 1 :]
+    for bad in (stage + ["--preset", "micro"], stage[:-1] + ["fusion,stem"], missing):
         with pytest.raises(SystemExit) as err:
             train.main(bad + ["--output", str(tmp_path / "x")])
         assert err.value.code == 2

@@ -205,7 +205,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
         parser.error("--teacher needs --unlabeled: the faces whose teacher scores are distilled")
     if args.init_from and (args.preset or args.prior or args.vim_init):
         parser.error("--init-from brings its own configuration, prior and Vim: drop --preset, --prior and --vim-init")
-    args.preset = args.preset or (None if args.init_from else "tiny")
+    if not args.init_from:
+        args.preset = args.preset or "tiny"
     parts = [part.strip() for part in args.train_parts.split(",") if part.strip()]
     if not parts or any(part not in TRAIN_PARTS for part in parts):
         parser.error(f"--train-parts takes a comma-separated subset of {', '.join(TRAIN_PARTS)}, got "

@@ -44,7 +44,8 @@ def main() -> None:
         return run
 
     def fusion_and_head(vim, feats):
-        return model.head(model.head.features(model.fusion(vim.tokens, feats).tokens, vim.cls_index))
+        fused = model.fusion(vim.tokens, feats)
+        return model.head(model.head.features(fused.tokens, vim.cls_index, fused.prior_summary))
 
     print(header(f"MD-Net '{args.preset}' forward latency ({args.device})"))
     params = sum(p.numel() for p in model.parameters())

@@ -113,6 +113,7 @@ class FusionConfig:
     mlp_ratio: float = 2.0
     dropout: float = 0.0
     reverse: bool = False          # also let the U-Net tokens attend to the Vim tokens
+    prior_summary: bool = False    # the head also reads the U-Net features pooled, not only through Vim queries
 
 
 @dataclass

@@ -7,6 +7,10 @@ multi-head cross-attention over those U-Net tokens; optionally (``reverse``)
 the U-Net tokens then attend back to the Vim tokens. Attention weights can be
 returned and cut back into per-scale maps on the image grid
 (:func:`attention_to_maps`).
+
+With ``prior_summary`` the fusion also returns the U-Net tokens pooled (the mean of each scale's
+tokens, averaged over the scales, layer-normalised): a read-out of the prior that does not pass
+through the Vim queries, so it still tells faces apart when the Vim stream is switched off.
 """
 
 from __future__ import annotations
@@ -115,6 +119,7 @@ class FusionOutput:
     tokens: torch.Tensor                      # (b, l + 1, dim) fused Vim tokens
     attention: list[torch.Tensor] | None      # per layer (b, heads, l + 1, m), rows sum to one
     prior_shapes: list[tuple[int, int]]       # (h_i, w_i) of each U-Net scale, in token order
+    prior_summary: torch.Tensor | None = None  # (b, dim) pooled U-Net tokens (cfg.prior_summary), else None
 
 
 class CrossAttentionFusion(nn.Module):
@@ -126,15 +131,20 @@ class CrossAttentionFusion(nn.Module):
         self.prior_tokens = PriorTokens(prior_channels, cfg.dim)
         self.layers = nn.ModuleList(FusionLayer(cfg) for _ in range(cfg.layers))
         self.norm = nn.LayerNorm(cfg.dim)
+        self.summary_norm = nn.LayerNorm(cfg.dim) if cfg.prior_summary else None
 
     def forward(self, vim_tokens, prior_features, return_attention: bool = False) -> FusionOutput:
         q = self.vim_proj(vim_tokens)
         kv, shapes = self.prior_tokens(prior_features)
+        summary = None
+        if self.summary_norm is not None:  # each scale's mean token, the scales weighted equally
+            scales = kv.split([h * w for h, w in shapes], dim=1)
+            summary = self.summary_norm(torch.stack([t.mean(1) for t in scales]).mean(0))
         maps = []
         for layer in self.layers:
             q, kv, w = layer(q, kv, need_weights=return_attention)
             maps.append(w)
-        return FusionOutput(self.norm(q), maps if return_attention else None, shapes)
+        return FusionOutput(self.norm(q), maps if return_attention else None, shapes, summary)
 
 
 def attention_to_maps(weights: torch.Tensor, shapes: list[tuple[int, int]]) -> list[torch.Tensor]:

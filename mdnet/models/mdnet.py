@@ -38,7 +38,8 @@ class MDNetOutput:
     prior_shapes: list[tuple[int, int]]       # U-Net scales (h_i, w_i), in key order
     vim_grid: tuple[int, int]                 # Vim patch grid; query i != cls_index maps onto it
     cls_index: int                            # position of the class token among the queries
-    embedding: torch.Tensor | None = None     # (b, 2 * dim): what the head reads (class token, mean patch token)
+    embedding: torch.Tensor | None = None     # (b, 2 or 3 * dim): what the head reads (class token, mean patch
+                                              # token, and the pooled prior with cfg.fusion.prior_summary)
 
 
 def normalise_faces(faces: torch.Tensor, size: int, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -55,23 +56,40 @@ def normalise_faces(faces: torch.Tensor, size: int, mean: torch.Tensor, std: tor
 
 
 class RegressionHead(nn.Module):
-    """Fused tokens -> one raw value: MLP over [class token, mean of the patch tokens]."""
+    """Fused tokens -> one raw value: MLP over [class token, mean of the patch tokens] and, with
+    ``prior_summary``, the pooled prior (:class:`~mdnet.models.fusion.FusionOutput`).
 
-    def __init__(self, dim: int, hidden: int, dropout: float):
+    The pooled prior enters the hidden layer through its own projection (``summary``), which
+    starts at zero: a head grown from a trained one (:meth:`MDNet.grow_prior_summary`) scores
+    exactly as before until it learns to use the new input.
+    """
+
+    def __init__(self, dim: int, hidden: int, dropout: float, prior_summary: bool = False):
         super().__init__()
+        self.dim = dim
         self.net = nn.Sequential(
             nn.LayerNorm(2 * dim), nn.Linear(2 * dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, 1)
         )
+        self.summary = nn.Linear(dim, hidden, bias=False) if prior_summary else None
+        if self.summary is not None:
+            nn.init.zeros_(self.summary.weight)
 
     @staticmethod
-    def features(tokens: torch.Tensor, cls_index: int) -> torch.Tensor:
-        """Fused tokens (b, l, dim) -> (b, 2 * dim): the class token and the mean of the others."""
+    def features(tokens: torch.Tensor, cls_index: int, summary: torch.Tensor | None = None) -> torch.Tensor:
+        """Fused tokens (b, l, dim) -> (b, 2 * dim): the class token and the mean of the others; (b, 3 * dim)
+        with the pooled prior ``summary`` (b, dim) after them."""
         cls = tokens[:, cls_index]
         rest = (tokens.sum(1) - cls) / (tokens.shape[1] - 1)
-        return torch.cat([cls, rest], dim=-1)
+        return torch.cat([cls, rest] if summary is None else [cls, rest, summary], dim=-1)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.net(features).squeeze(-1)
+        norm, first, *rest = self.net
+        hidden = first(norm(features[:, : 2 * self.dim]))
+        if self.summary is not None:
+            hidden = hidden + self.summary(features[:, 2 * self.dim :])
+        for layer in rest:
+            hidden = layer(hidden)
+        return hidden.squeeze(-1)
 
 
 class MDNet(InferenceCopy, nn.Module):
@@ -83,7 +101,7 @@ class MDNet(InferenceCopy, nn.Module):
         self.prior = prior if prior is not None else DiffusionPrior.from_config(c.prior)
         self.vim = VisionMamba(c.vim, c.preprocess.image_size)
         self.fusion = CrossAttentionFusion(c.fusion, c.vim.embed_dim, self.prior.feature_channels)
-        self.head = RegressionHead(c.fusion.dim, c.head_hidden, c.head_dropout)
+        self.head = RegressionHead(c.fusion.dim, c.head_hidden, c.head_dropout, c.fusion.prior_summary)
         self.register_buffer("pixel_mean", torch.tensor(c.preprocess.mean).view(1, 3, 1, 1))
         self.register_buffer("pixel_std", torch.tensor(c.preprocess.std).view(1, 3, 1, 1))
         # Stream references for ablation (set by calibrate_references).
@@ -149,7 +167,7 @@ class MDNet(InferenceCopy, nn.Module):
                 reference = self.vim_reference.to(vim_tokens.dtype)
                 vim_tokens = torch.where(vim_mask.view(-1, 1, 1).to(vim_tokens.device), reference, vim_tokens)
         fused = self.fusion(vim_tokens, prior_features, return_attention=return_attention)
-        embedding = self.head.features(fused.tokens, self.vim.cls_index)
+        embedding = self.head.features(fused.tokens, self.vim.cls_index, fused.prior_summary)
         raw = self.head(embedding)
         low, high = self.cfg.score_range
         return MDNetOutput(
@@ -194,7 +212,22 @@ class MDNet(InferenceCopy, nn.Module):
     @property
     def embedding_dim(self) -> int:
         """Width of :attr:`MDNetOutput.embedding` (what the head reads)."""
-        return 2 * self.cfg.fusion.dim
+        return (3 if self.cfg.fusion.prior_summary else 2) * self.cfg.fusion.dim
+
+    def grow_prior_summary(self) -> MDNet:
+        """This trained model with ``cfg.fusion.prior_summary`` added: a new model with every weight of this one
+        and the two new modules (the summary's LayerNorm, the head's zero projection), so it scores as this one
+        does until trained further (``mdnet train --init-from ... --prior-summary``)."""
+        if self.cfg.fusion.prior_summary:
+            raise ValueError("this model already reads the pooled prior (cfg.fusion.prior_summary)")
+        cfg = MDNetConfig.from_dict(self.cfg.to_dict())
+        cfg.fusion.prior_summary = True
+        grown = MDNet(cfg, prior=self.prior).to(self.pixel_mean.device)
+        missing, unexpected = grown.load_state_dict(self.state_dict(), strict=False)
+        new = {n for n, _ in grown.named_parameters() if n.startswith(("fusion.summary_norm.", "head.summary."))}
+        if unexpected or set(missing) != new:
+            raise RuntimeError(f"growing the prior summary: missing {missing}, unexpected {unexpected}")
+        return grown.train(self.training)
 
     # ------------------------------------------------------------- checkpoints
     def save_pretrained(self, directory: str | Path) -> Path:

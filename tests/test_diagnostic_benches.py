@@ -137,7 +137,11 @@ def test_probe_prior_tables_and_cache(setup, capsys, monkeypatch):
     again = bench.main(argv)
     capsys.readouterr()
     assert again["ablation"] == report["ablation"]
-    assert len(seen[1]) == len(seen[0]) == 5 and all(np.array_equal(x, y) for x, y in zip(*seen, strict=True))
+    assert len(seen[1]) == len(seen[0]) == 6 and all(np.array_equal(x, y) for x, y in zip(*seen, strict=True))
+    # the global-average row is each map's global average (the first c of its 5 c columns), maps in order
+    maps, gap = seen[0][:4], seen[0][4]
+    np.testing.assert_array_equal(gap, np.concatenate([m[:, : m.shape[1] // 5] for m in maps], axis=1))
+    assert report["probe"][a]["all maps, global average only"]["dims"] == 16 + 32 + 32 + 32
 
 
 def test_probe_prior_reads_a_pretrain_prior_folder(setup, capsys, monkeypatch):
@@ -158,7 +162,7 @@ def test_probe_prior_reads_a_pretrain_prior_folder(setup, capsys, monkeypatch):
     out = capsys.readouterr().out
     label = f"{folder} (micro)"
     assert report["ablation"] == {label: None} and "(a) Stream ablation" not in out
-    assert f"| {label} | **all maps** | 560 |" in out and dims == [80, 160, 160, 160, 560]
+    assert f"| {label} | **all maps** | 560 |" in out and dims == [80, 160, 160, 160, 112, 560]
     with pytest.raises(SystemExit):
         bench.main(["--prior-folder", str(folder), "--data-root", str(setup["scut"])])  # no --preset
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 from conftest import build_model, faces
 
+from mdnet.models.config import get_config
 from mdnet.models.mdnet import MDNet
 
 
@@ -155,9 +156,10 @@ def test_a_grown_prior_summary_scores_as_before_until_it_learns(calibrated):
 
 
 def test_the_prior_summary_tells_faces_apart_only_from_the_prior():
-    model = build_model("micro")
-    model = MDNet(type(model.cfg).from_dict({**model.cfg.to_dict(),
-                                             "fusion": {**model.cfg.to_dict()["fusion"], "prior_summary": True}}))
+    cfg = get_config("micro")
+    cfg.fusion.prior_summary = True
+    torch.manual_seed(0)
+    model = MDNet(cfg)
     model.calibrate_references([faces(model, 4, seed=s) for s in range(3)])
     x, dim = faces(model, 3, seed=5), model.cfg.fusion.dim
     summary = {mode: model(x, mode=mode).embedding[:, 2 * dim :].detach() for mode in ("prior_only", "vim_only")}

@@ -678,21 +678,27 @@ def _job_kind(demo: gr.Blocks, path: str, body: dict[str, Any]) -> str | None:
 
 
 def job_gate(demo: gr.Blocks):
-    """``(client, path, body) -> refusal or None``: a client may have only a few jobs of a kind at once."""
+    """``(client, path, body, admitting) -> refusal or None``: a client may have only a few jobs of a kind at once.
 
-    def gate(client: str, path: str, body: dict[str, Any]) -> str | None:
+    A client's jobs are those in the queue (waiting or running) and those let through but not yet queued
+    (``admitting``, see :class:`mdnet.limits.LimitsMiddleware`).
+    """
+
+    def gate(client: str, path: str, body: dict[str, Any], admitting: list[limits.Admitted]) -> str | None:
         kind = _job_kind(demo, path, body)
         if kind not in PER_SESSION:
             return None
         session = body.get("session_hash")
-        same_page = same_address = 0
+        jobs = []  # (session, client) of each job of this kind
         for event in _pending_jobs(demo):
-            if event.concurrency_id != kind:
-                continue
-            same_page += bool(session) and event.session_hash == session
-            request = getattr(event, "request", None)
-            peer = getattr(getattr(request, "client", None), "host", None)
-            same_address += limits.client_key(peer, dict(getattr(request, "headers", {}) or {})) == client
+            if event.concurrency_id == kind:
+                request = getattr(event, "request", None)
+                peer = getattr(getattr(request, "client", None), "host", None)
+                headers = dict(getattr(request, "headers", {}) or {})
+                jobs.append((event.session_hash, limits.client_key(peer, headers)))
+        jobs += [(b.get("session_hash"), c) for c, p, b in admitting if _job_kind(demo, p, b) == kind]
+        same_page = sum(bool(session) and s == session for s, _ in jobs)
+        same_address = sum(c == client for _, c in jobs)
         if same_page >= PER_SESSION[kind] or same_address >= PER_ADDRESS[kind]:
             what = "webcam streams" if kind == "live" else "requests"
             return (f"Too many {what} from you at once: please wait for the earlier ones to finish, then try "

@@ -10,8 +10,11 @@ app: the Gradio app passes it to FastAPI's ``middleware=`` argument. For every H
   the upload size limit does not apply) before the app reads it;
 - checks an upload against a per-client rate and against the space left in the (memory-backed)
   temporary folder, at request time, and refuses it politely when either is exhausted;
-- asks ``job_gate(client, path, body)`` before a request that starts a job, so a caller can refuse a
-  client that already has too many jobs waiting (HTTP 429 with a plain sentence and ``Retry-After``).
+- asks ``job_gate(client, path, body, admitting)`` before a request that starts a job, so a caller can
+  refuse a client that already has too many jobs waiting (HTTP 429 with a plain sentence and
+  ``Retry-After``). ``admitting`` lists the job requests let through whose answer has not yet gone out:
+  a job joins the app's queue only some awaits after the gate, so a flood of requests arriving together
+  would otherwise all pass a gate that counts the queue alone.
 
 Clients are told apart by :func:`client_key`: the peer address, or the address a proxy in front of
 the server reports (only when the peer itself is a private or loopback address, as a Space's proxy
@@ -35,7 +38,8 @@ Scope = dict[str, Any]
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
-JobGate = Callable[[str, str, dict[str, Any]], "str | None"]
+Admitted = tuple[str, str, dict[str, Any]]  # (client, path, parsed body) of a job request let through
+JobGate = Callable[[str, str, dict[str, Any], list[Admitted]], "str | None"]
 
 # Who may embed the page in a frame: itself and Hugging Face (the Space page embeds the app's own host).
 FRAME_ANCESTORS = "'self' https://huggingface.co https://*.hf.space"
@@ -150,8 +154,9 @@ class LimitsMiddleware:
         app: the ASGI app to wrap.
         max_body_bytes: the largest JSON body accepted (uploads are bounded by the app's own file limit).
         uploads: limits for ``POST .../upload`` (None: not checked).
-        job_gate: ``(client, path, body) -> message or None``, asked before ``POST`` to a path in
-            ``job_paths``; a message refuses the request with HTTP 429.
+        job_gate: ``(client, path, body, admitting) -> message or None``, asked before ``POST`` to a path
+            in ``job_paths``; a message refuses the request with HTTP 429. ``admitting``: the requests it
+            let through that the app has not yet answered (each counts until then).
         job_paths: path fragments of the routes that start a job.
         upload_path: the path suffix of the upload route.
         headers: headers added to every HTTP response.
@@ -175,6 +180,7 @@ class LimitsMiddleware:
         self.job_paths = job_paths
         self.upload_path = upload_path
         self.headers = headers
+        self._admitting: dict[int, Admitted] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -206,10 +212,19 @@ class LimitsMiddleware:
                 parsed = json.loads(body or b"{}")
             except ValueError:
                 parsed = {}
-            message = self.job_gate(client, path, parsed if isinstance(parsed, dict) else {})
+            parsed = parsed if isinstance(parsed, dict) else {}
+            message = self.job_gate(client, path, parsed, list(self._admitting.values()))
             if message is not None:
                 await _refuse(send, 429, message, retry_after=10)
                 return
+            # no await between the gate's answer and this entry: the check and the count are one step
+            token = id(scope)
+            self._admitting[token] = (client, path, parsed)
+            try:
+                await self.app(scope, _replay(body, more, receive), send)
+            finally:
+                del self._admitting[token]
+            return
         await self.app(scope, _replay(body, more, receive), send)
 
     def _with_headers(self, send: Send) -> Send:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -51,7 +54,7 @@ def test_a_large_body_is_refused_before_the_app_reads_it():
 def test_the_job_gate_refuses_with_429_and_passes_the_body_through_intact():
     calls = []
 
-    def gate(client, path, body):
+    def gate(client, path, body, admitting):
         calls.append((client, path, body))
         return "Too many requests from you at once" if body.get("n", 0) > 2 else None
 
@@ -63,6 +66,42 @@ def test_the_job_gate_refuses_with_429_and_passes_the_body_through_intact():
     assert response.json()["detail"].startswith("Too many requests")
     assert client.post("/other", json={"n": 9}).status_code == 200  # not a job route: not asked
     assert [c[1] for c in calls] == ["/gradio_api/queue/join"] * 2
+
+
+def test_requests_let_through_count_until_answered_so_a_flood_arriving_together_gets_its_share():
+    """The app queues a job only after some awaits: the gate sees the requests it let through but not yet answered."""
+    answer = asyncio.Event()
+    reached = []
+
+    async def slow_join(request: Request):
+        reached.append(await request.json())
+        await answer.wait()  # e.g. Gradio's join: parse, validate, take a lock, then queue
+        return JSONResponse({"ok": True})
+
+    seen_by_gate = []
+
+    def gate(client, path, body, admitting):
+        seen_by_gate.append([b["n"] for _, _, b in admitting])
+        return "Too many requests from you at once" if len(admitting) >= 2 else None
+
+    app = Starlette(routes=[Route("/gradio_api/queue/join", slow_join, methods=["POST"])],
+                    middleware=[Middleware(limits.LimitsMiddleware, max_body_bytes=10_000, job_gate=gate)])
+
+    async def flood():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            posts = [asyncio.create_task(client.post("/gradio_api/queue/join", json={"n": n})) for n in range(5)]
+            while len(seen_by_gate) < 5:
+                await asyncio.sleep(0.01)
+            answer.set()
+            codes = [(await post).status_code for post in posts]
+            after = (await client.post("/gradio_api/queue/join", json={"n": 5})).status_code
+        return codes, after
+
+    codes, after = asyncio.run(flood())
+    assert sorted(codes) == [200, 200, 429, 429, 429] and len(reached) == 3  # the two let through, then n=5
+    assert sorted(map(len, seen_by_gate[:5])) == [0, 1, 2, 2, 2]
+    assert after == 200 and seen_by_gate[5] == []  # answered requests no longer count
 
 
 def test_uploads_are_bounded_per_client_and_by_the_space_left(tmp_path):

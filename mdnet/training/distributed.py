@@ -114,11 +114,44 @@ def shared_work_first(accelerator: Accelerator) -> Iterator[None]:
     """Run the block on the main process first, then on each node's first process, then on the rest.
 
     For on-disk caches and downloads: the main process builds them; on a shared file system the
-    others only read them, and on per-node disks each node builds its own copy once. (The two
-    contexts' barriers pair up: every process passes exactly two.)
+    others only read them, and on per-node disks each node builds its own copy once. Each turn ends
+    with a barrier that also tells every process whether a block failed so far (every process passes
+    exactly two): when one did (a bad ``--init-from``, a full disk), the processes still waiting skip
+    their turn and exit with a message pointing at the failed one's error, the failed one re-raises
+    its own, and the ones that had finished stop too, instead of all waiting at a barrier forever.
     """
-    with accelerator.main_process_first(), accelerator.local_main_process_first():
+    turn = 0 if accelerator.is_main_process else 1 if accelerator.is_local_main_process else 2
+    for ended in range(turn):
+        if _turn_ended(accelerator, ended, failed=False):
+            _finish_turns(accelerator, ended + 1)
+            raise SystemExit(_FAILED_ELSEWHERE)
+    try:
         yield
+    except (Exception, SystemExit):  # parser.error() is a SystemExit
+        _finish_turns(accelerator, turn, failed=True)
+        raise
+    for ended in range(turn, 2):
+        if _turn_ended(accelerator, ended, failed=False):
+            _finish_turns(accelerator, ended + 1)
+            raise SystemExit(_FAILED_ELSEWHERE)
+
+
+_FAILED_ELSEWHERE = ("error: another process failed in the work it does before the others (see its error "
+                     "above); this one stops too")
+
+
+def _turn_ended(accelerator: Accelerator, turn: int, failed: bool) -> bool:
+    """The barrier that ends turn ``turn`` of :func:`shared_work_first`: whether any process's block failed."""
+    if accelerator.num_processes == 1:
+        return failed
+    flag = torch.tensor([float(failed)], device=accelerator.device)
+    return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
+
+
+def _finish_turns(accelerator: Accelerator, start: int, failed: bool = False) -> None:
+    """Pass the remaining barriers of :func:`shared_work_first` (turns ``start``..1), so no process waits alone."""
+    for turn in range(start, 2):
+        _turn_ended(accelerator, turn, failed)
 
 
 class Draw(NamedTuple):

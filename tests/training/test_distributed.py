@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -43,9 +44,10 @@ def weights_atol(epochs: int) -> float:
     return 2 * PEAK_LR * STEPS_PER_EPOCH * epochs
 
 
-def run_args(root: Path, work: Path, output: str, epochs: int) -> list[str]:
-    return ["--data-root", str(root), "--preset", "micro", "--batch-size", "4", "--val-fraction", "0.25",
-            "--cache", str(work / "cache"), "--epochs", str(epochs), "--output", str(work / output)]
+def run_args(root: Path, work: Path, output: str, epochs: int, preset: str | None = "micro") -> list[str]:
+    return ["--data-root", str(root), *(["--preset", preset] if preset else []), "--batch-size", "4",
+            "--val-fraction", "0.25", "--cache", str(work / "cache"), "--epochs", str(epochs), "--output",
+            str(work / output)]
 
 
 def train_here(root: Path, work: Path, output: str, epochs: int, *extra: str, record: str | None = None) -> dict:
@@ -55,8 +57,9 @@ def train_here(root: Path, work: Path, output: str, epochs: int, *extra: str, re
         return train.main(run_args(root, work, output, epochs) + list(extra))
 
 
-def launch_two(root: Path, work: Path, output: str, epochs: int, *extra: str, record: str) -> None:
-    """``mdnet train`` as two CPU processes under ``accelerate launch``."""
+def launch_two(root: Path, work: Path, output: str, epochs: int, *extra: str, record: str,
+               check: bool = True, preset: str | None = "micro") -> subprocess.CompletedProcess:
+    """``mdnet train`` as two CPU processes under ``accelerate launch`` (``check``: it must succeed)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -64,9 +67,10 @@ def launch_two(root: Path, work: Path, output: str, epochs: int, *extra: str, re
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-           str(port), "-m", "mdnet", "train", *run_args(root, work, output, epochs), *extra]
+           str(port), "-m", "mdnet", "train", *run_args(root, work, output, epochs, preset), *extra]
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    assert done.returncode == 0 or not check, done.stdout[-3000:] + done.stderr[-5000:]
+    return done
 
 
 def records(folder: Path, rank: int) -> list[dict]:
@@ -160,6 +164,18 @@ def test_a_run_resumes_on_a_different_number_of_processes(one_process, two_proce
     weights_close(work / "short-copy-2", work / "short-2", 2)
     ref = json.loads((work / "short" / "summary.json").read_text())
     history_close(json.loads((work / "short-copy" / "summary.json").read_text())["history"], ref["history"])
+
+
+def test_an_error_in_the_main_processs_shared_work_stops_every_process(tmp_path):
+    """A bad --init-from fails on the main process while the other waits for its turn: both exit, nobody hangs."""
+    root = make_fake_scut(tmp_path / "scut", per_group=2)
+    missing = tmp_path / "no-such-checkpoint"
+    start = time.monotonic()
+    done = launch_two(root, tmp_path, "bad", 1, "--init-from", str(missing), record="bad-record", check=False,
+                      preset=None)
+    assert done.returncode != 0 and time.monotonic() - start < 120
+    assert f"--init-from {missing}" in done.stderr and "another process failed" in done.stderr, done.stderr[-3000:]
+    assert not (tmp_path / "bad" / "state").exists()
 
 
 def test_gradient_accumulation_gives_the_same_steps(one_process):

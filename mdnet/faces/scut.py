@@ -157,6 +157,18 @@ def stratified_split(samples: list[Sample], fraction: float = 0.1, seed: int = 0
     return train, valid
 
 
+SPLIT_SEED = 0  # the project's validation part: stratified_split(60-40/train, 0.1, seed=0)
+
+
+def add_split_seed(parser, held_out: str = "the validation part") -> None:
+    """``--split-seed``: the seed of :func:`stratified_split`, apart from a job's ``--seed``."""
+    parser.add_argument("--split-seed", type=int, default=SPLIT_SEED,
+                        help=f"seed that carves {held_out} from the training list (default {SPLIT_SEED}: the "
+                             "project's validation part, which the benchmarks, `mdnet calibrate` and `mdnet "
+                             "distill` also use). Not --seed: runs with other seeds, and a second stage on an "
+                             "--init-from model, keep the same faces out")
+
+
 def cache_folder(cache_dir: str | Path, size: int) -> Path:
     """Where :func:`aligned_faces` keeps the ``size`` px crops: keyed by the template, so a new template
     never reuses stale crops."""

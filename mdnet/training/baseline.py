@@ -29,7 +29,7 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
-from mdnet.faces.scut import Sample, ScutFBP5500, stratified_split
+from mdnet.faces.scut import Sample, ScutFBP5500, add_split_seed, stratified_split
 from mdnet.training import distributed as dist
 from mdnet.training.metrics import format_table, report
 
@@ -120,6 +120,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     parser.add_argument("--train-split", default="60-40/train")
     parser.add_argument("--eval-split", default=None, help="evaluate here instead of the validation part")
     parser.add_argument("--val-fraction", type=float, default=0.1)
+    add_split_seed(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=32,
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
         parser.error(error)
     torch.manual_seed(args.seed)  # the same initial head on every process
     ds = ScutFBP5500(args.data_root)
-    train, val = stratified_split(ds.split(args.train_split), args.val_fraction, args.seed)
+    train, val = stratified_split(ds.split(args.train_split), args.val_fraction, args.split_seed)
     if args.eval_split:
         train, val = train + val, ds.split(args.eval_split)
     model = mobilenet_v2_regressor(imagenet_mobilenet_v2_weights(args.weights))

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
-from mdnet.faces.scut import Sample, ScutFBP5500, aligned_faces, stratified_split
+from mdnet.faces.scut import SPLIT_SEED, Sample, ScutFBP5500, aligned_faces, stratified_split
 from mdnet.models.checkpoint import DEFAULT_CHECKPOINT, default_device
 from mdnet.models.mdnet import score_aligned
 from mdnet.training import distributed as dist
@@ -77,12 +77,13 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     parser.add_argument("--no-tta", action="store_true", help="score each face once, without its mirror image")
     parser.add_argument("--ablation", action="store_true", help="also score with each stream switched off")
     parser.add_argument("--val-fraction", type=float, default=0.1)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--split-seed", "--seed", dest="split_seed", type=int, default=SPLIT_SEED,
+                        help="for val / train-part: the seed that carved them (`mdnet train --split-seed`)")
     args = parser.parse_args(argv)
     modes = ("full", "prior_only", "vim_only") if args.ablation else ("full",)
     accelerator = dist.make_accelerator() if dist.launched_processes() > 1 else None  # accelerate launch / torchrun
     result = evaluate(args.checkpoint, args.data_root, args.split, args.cache or None, not args.no_tta,
-                      args.val_fraction, args.seed, modes, accelerator)
+                      args.val_fraction, args.split_seed, modes, accelerator)
     if accelerator is not None and not accelerator.is_main_process:
         return result
     print(f"{args.split}: {result['n']} faces, {result['unaligned']} without a detected face (scored whole)\n")

@@ -150,7 +150,7 @@ def pretrain(faces: torch.Tensor, output: Path, preset: str = "tiny", vae_steps:
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
-    from mdnet.faces.scut import ScutFBP5500, aligned_faces, stratified_split
+    from mdnet.faces.scut import ScutFBP5500, add_split_seed, aligned_faces, stratified_split
 
     parser = argparse.ArgumentParser(
         prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -158,6 +158,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     parser.add_argument("--data-root", required=True)
     parser.add_argument("--split", default="60-40/train")
     parser.add_argument("--val-fraction", type=float, default=0.1, help="held out, as in training")
+    add_split_seed(parser, "the faces held out (as `mdnet train` does)")
     parser.add_argument("--output", default="runs/prior")
     parser.add_argument("--cache", default="cache", help="aligned-face (and latent) cache folder")
     parser.add_argument("--preset", default="tiny")
@@ -185,7 +186,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
         parser.error(error)
     cfg = get_config(args.preset)
     ds = ScutFBP5500(args.data_root)
-    train, _ = stratified_split(ds.split(args.split), args.val_fraction, args.seed)
+    train, _ = stratified_split(ds.split(args.split), args.val_fraction, args.split_seed)
     if cfg.prior.autoencoder == "taef2":
         return _main_taef2(args, accelerator, train)
     # The same aligned crops MD-Net trains on, downsized to the prior's resolution in pretrain().

@@ -180,9 +180,9 @@ def load_faces(args: argparse.Namespace, size: int, accelerator: Accelerator) ->
     """SCUT-FBP5500's training part (validation part left out) and the unlabeled faces, aligned (cached)."""
     from mdnet.faces.scut import ScutFBP5500, aligned_faces, stratified_split
 
-    split_seed = args.seed if args.split_seed is None else args.split_seed
-    train, val = stratified_split(ScutFBP5500(args.data_root).split(args.split), args.val_fraction, split_seed)
-    parts, names, info = [], [], {"scut_train": len(train), "scut_val_left_out": len(val), "split_seed": split_seed}
+    train, val = stratified_split(ScutFBP5500(args.data_root).split(args.split), args.val_fraction, args.split_seed)
+    parts, names, info = [], [], {"scut_train": len(train), "scut_val_left_out": len(val),
+                                  "split_seed": args.split_seed}
     with dist.shared_work_first(accelerator):
         scut_faces, unaligned = aligned_faces(train, size, args.cache)
         parts.append(scut_faces)
@@ -200,7 +200,7 @@ def load_faces(args: argparse.Namespace, size: int, accelerator: Accelerator) ->
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
-    from mdnet.faces.scut import DatasetError
+    from mdnet.faces.scut import DatasetError, add_split_seed
     from mdnet.faces.unlabeled import DEFAULT_FOLDER
 
     parser = argparse.ArgumentParser(
@@ -209,8 +209,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     parser.add_argument("--data-root", required=True, help="SCUT-FBP5500 folder")
     parser.add_argument("--split", default="60-40/train", help="training list; its validation part is left out")
     parser.add_argument("--val-fraction", type=float, default=0.1, help="as `mdnet train` carves it")
-    parser.add_argument("--split-seed", type=int, default=None,
-                        help="seed of that carving: the later `mdnet train --seed` (default: --seed)")
+    add_split_seed(parser, "the faces left out (the later `mdnet train --split-seed`)")
     parser.add_argument("--unlabeled", default=str(DEFAULT_FOLDER),
                         help="folder of unlabeled face photos ('utkface': the shared copy), or 'none'")
     parser.add_argument("--unlabeled-limit", type=int, default=None,

@@ -47,6 +47,7 @@ import time
 import warnings
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -55,8 +56,8 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from tqdm import tqdm
 
 from mdnet.faces.augment import CameraAugment
-from mdnet.faces.scut import ScutFBP5500, aligned_faces, stratified_split
-from mdnet.models.checkpoint import load_checkpoint, save_checkpoint
+from mdnet.faces.scut import ScutFBP5500, add_split_seed, aligned_faces, stratified_split
+from mdnet.models.checkpoint import load_checkpoint, read_config, resolve_checkpoint, save_checkpoint
 from mdnet.models.config import get_config
 from mdnet.models.files import CheckpointError
 from mdnet.models.mdnet import MDNet
@@ -91,13 +92,28 @@ from mdnet.training.teacher_scores import load_unlabeled, teacher_scores, teache
 TRAIN_PARTS = ("vim", "fusion", "head")  # what can learn; the prior is always fixed
 
 
-def load_trained(path: str) -> MDNet:
+def load_trained(path: str, split: dict[str, Any] | None = None) -> MDNet:
     """A trained MD-Net checkpoint to train further (``--init-from``): the saved model, every weight trainable
-    except what its own modules keep fixed (the prior, a frozen identity network), in train mode."""
+    except what its own modules keep fixed (the prior, a frozen identity network), in train mode.
+
+    ``split``: this run's ``split`` / ``val_fraction`` / ``split_seed``; a checkpoint that records another
+    (:func:`split_metadata`) is refused, since this run would validate on faces it was trained on.
+    """
     model = load_checkpoint(path)
     if not isinstance(model, MDNet):
         raise ValueError(f"--init-from needs an MD-Net checkpoint; {path} holds a {type(model).__name__}")
+    saved = read_config(resolve_checkpoint(path))[1].get("metadata", {})
+    differ = {k: (saved[k], v) for k, v in (split or {}).items() if k in saved and saved[k] != v}
+    if differ:
+        what = ", ".join(f"{k} {a!r} there, {b!r} here" for k, (a, b) in differ.items())
+        raise ValueError(f"it was trained with another validation part ({what}): this run would validate on "
+                         "faces it has trained on")
     return model.train()
+
+
+def split_metadata(args: argparse.Namespace) -> dict[str, Any]:
+    """How a run carved its validation part, as a checkpoint records it (and ``--init-from`` checks it)."""
+    return {"split": args.split, "val_fraction": args.val_fraction, "split_seed": args.split_seed}
 
 
 def build_model(preset: str, prior_dir: str | None, stem_weights: str | None, vim_init: str | None = None,
@@ -178,6 +194,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     parser.add_argument("--data-root", required=True)
     parser.add_argument("--split", default="60-40/train", help="training list; a validation part is carved from it")
     parser.add_argument("--val-fraction", type=float, default=0.1)
+    add_split_seed(parser)
     parser.add_argument("--preset", default=None, help="model configuration (default: tiny; not with --init-from)")
     parser.add_argument("--init-from", default=None,
                         help="start from this trained MD-Net checkpoint: its configuration, prior and every weight "
@@ -206,7 +223,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     parser.add_argument("--freeze-stem-layers", type=int, default=4,
                         help="keep the first K pretrained stem layers fixed (generic edges and colours; saves their "
                              "backward pass)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="the training's randomness: order, augmentations, dropout, unlabeled subsets (the "
+                             "validation part is --split-seed's)")
     parser.add_argument("--cache", default="cache")
     parser.add_argument("--output", default="runs/train")
     parser.add_argument("--checkpoint-out", default=None, help="where to save the final model")
@@ -246,12 +265,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     ds = ScutFBP5500(args.data_root)
-    train, val = stratified_split(ds.split(args.split), args.val_fraction, args.seed)
+    train, val = stratified_split(ds.split(args.split), args.val_fraction, args.split_seed)
     grown: set[str] = set()  # parameters --prior-summary adds to an --init-from model
     with dist.shared_work_first(accelerator):  # hub downloads (paper preset) and the alignment cache, once
         if args.init_from:
             try:
-                model = load_trained(args.init_from).to(accelerator.device)
+                model = load_trained(args.init_from, split_metadata(args)).to(accelerator.device)
                 if args.prior_summary and not model.cfg.fusion.prior_summary:
                     before = {n for n, _ in model.named_parameters()}
                     model = model.grow_prior_summary()
@@ -448,7 +467,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     accelerator.print(format_table(results["full"]))
     summary = {
         "command": command, "train_faces": len(train), "val_faces": len(val), "unaligned_train": bad_tr,
-        "unaligned_val": bad_va, "prior_cache_minutes": cache_minutes, "processes": accelerator.num_processes,
+        "unaligned_val": bad_va, "val_names": [v.name for v in val], "prior_cache_minutes": cache_minutes,
+        "processes": accelerator.num_processes,
         "epoch_minutes": [h["minutes"] for h in history], "validation": results, "history": history,
         "options": vars(args),
         "photo_variants": None if variants is None else {
@@ -465,6 +485,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
             save_checkpoint(raw, args.checkpoint_out, metadata={
                 "command": command, "validation_pc": results["full"]["pc"], "validation_mae": results["full"]["mae"],
                 "validation_rmse": results["full"]["rmse"], "train_faces": len(train), "val_faces": len(val),
+                **split_metadata(args),
             })
             wrote.append(str(args.checkpoint_out))
         dist.debug_record(accelerator, wrote=wrote)

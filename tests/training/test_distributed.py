@@ -50,11 +50,12 @@ def run_args(root: Path, work: Path, output: str, epochs: int, preset: str | Non
             str(work / output)]
 
 
-def train_here(root: Path, work: Path, output: str, epochs: int, *extra: str, record: str | None = None) -> dict:
+def train_here(root: Path, work: Path, output: str, epochs: int, *extra: str, record: str | None = None,
+               preset: str | None = "micro") -> dict:
     with pytest.MonkeyPatch.context() as mp:
         if record:
             mp.setenv(dist.DEBUG_RECORD_ENV, str(work / record))
-        return train.main(run_args(root, work, output, epochs) + list(extra))
+        return train.main(run_args(root, work, output, epochs, preset) + list(extra))
 
 
 def launch_two(root: Path, work: Path, output: str, epochs: int, *extra: str, record: str,
@@ -176,6 +177,19 @@ def test_an_error_in_the_main_processs_shared_work_stops_every_process(tmp_path)
     assert done.returncode != 0 and time.monotonic() - start < 120
     assert f"--init-from {missing}" in done.stderr and "another process failed" in done.stderr, done.stderr[-3000:]
     assert not (tmp_path / "bad" / "state").exists()
+
+
+def test_another_seed_validates_on_the_same_faces_and_a_second_stage_keeps_its_models_part(one_process, capsys):
+    root, work, ref = one_process
+    other = train_here(root, work, "seed-1", 1, "--seed", "1")
+    assert other["val_names"] == ref["val_names"] and len(ref["val_names"]) == ref["val_faces"]
+    assert other["history"][0]["train_loss"] != ref["history"][0]["train_loss"]  # the seed still acts
+    saved = json.loads((work / "ref-2" / "config.json").read_text())["metadata"]
+    assert (saved["split_seed"], saved["val_fraction"], saved["split"]) == (0, 0.25, "60-40/train")
+    with pytest.raises(SystemExit) as err:  # its validation faces would include faces ref-2 trained on
+        train_here(root, work, "stage-2", 1, "--init-from", str(work / "ref-2"), "--split-seed", "1", preset=None)
+    assert err.value.code == 2
+    assert "trained with another validation part (split_seed 0 there, 1 here)" in capsys.readouterr().err
 
 
 def test_gradient_accumulation_gives_the_same_steps(one_process):

@@ -142,10 +142,7 @@ _FAILED_ELSEWHERE = ("error: another process failed in the work it does before t
 
 def _turn_ended(accelerator: Accelerator, turn: int, failed: bool) -> bool:
     """The barrier that ends turn ``turn`` of :func:`shared_work_first`: whether any process's block failed."""
-    if accelerator.num_processes == 1:
-        return failed
-    flag = torch.tensor([float(failed)], device=accelerator.device)
-    return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
+    return reduce_sum(accelerator, float(failed)) > 0
 
 
 def _finish_turns(accelerator: Accelerator, start: int, failed: bool = False) -> None:

@@ -99,15 +99,16 @@ def load_trained(path: str, split: dict[str, Any] | None = None) -> MDNet:
     ``split``: this run's ``split`` / ``val_fraction`` / ``split_seed``; a checkpoint that records another
     (:func:`split_metadata`) is refused, since this run would validate on faces it was trained on.
     """
-    model = load_checkpoint(path)
-    if not isinstance(model, MDNet):
-        raise ValueError(f"--init-from needs an MD-Net checkpoint; {path} holds a {type(model).__name__}")
-    saved = read_config(resolve_checkpoint(path))[1].get("metadata", {})
+    directory = resolve_checkpoint(path)
+    saved = read_config(directory)[1].get("metadata", {})  # checked before the weights are read
     differ = {k: (saved[k], v) for k, v in (split or {}).items() if k in saved and saved[k] != v}
     if differ:
         what = ", ".join(f"{k} {a!r} there, {b!r} here" for k, (a, b) in differ.items())
         raise ValueError(f"it was trained with another validation part ({what}): this run would validate on "
                          "faces it has trained on")
+    model = load_checkpoint(directory)
+    if not isinstance(model, MDNet):
+        raise ValueError(f"--init-from needs an MD-Net checkpoint; {path} holds a {type(model).__name__}")
     return model.train()
 
 
